@@ -1,0 +1,3 @@
+from routed.cli import main
+
+raise SystemExit(main())

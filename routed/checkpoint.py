@@ -1,0 +1,189 @@
+"""Checkpoints: one folder per model — config.json, model.safetensors, tokenizer.json, history.json.
+
+Written atomically (a temporary folder, then renamed into place); read without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from routed import __version__
+from routed.config import ModelConfig, TrainConfig
+from routed.model import RoutedTransformer
+
+FORMAT_VERSION = 1
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "history.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or not trustworthy."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model (eval mode, fp32) and everything saved beside it."""
+
+    path: Path
+    model: RoutedTransformer
+    tokenizer: object
+    model_config: ModelConfig
+    train_config: TrainConfig
+    meta: dict
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def corpus(self) -> str:
+        return self.meta["corpus"]["name"]
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    path: Path | str,
+    model: RoutedTransformer,
+    tokenizer,
+    train_config: TrainConfig,
+    corpus_name: str,
+    corpus_fingerprint: str,
+    history: list[dict] | None = None,
+    extra: dict | None = None,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write a checkpoint folder atomically; an existing folder at `path` is replaced whole."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The head is tied to the embedding: store the shared tensor once.
+    tensors = {
+        k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"
+    }
+    weights = save(tensors, metadata={"format": "pt"})
+    config = {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model.config.to_dict(),
+        "train": train_config.to_dict(),
+        "corpus": {"name": corpus_name, "fingerprint": corpus_fingerprint},
+        "tokenizer_vocab_size": tokenizer.get_vocab_size(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "fingerprint": hashlib.sha256(weights).hexdigest()[:16],
+        **(extra or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        _fsync_write(tmp / "model.safetensors", weights)
+        _fsync_write(tmp / "tokenizer.json", tokenizer.to_str().encode("utf-8"))
+        _fsync_write(tmp / "history.json", json.dumps(history or [], indent=1).encode("utf-8"))
+        # config.json last: a folder with a config is complete.
+        _fsync_write(tmp / "config.json", json.dumps(config, indent=2).encode("utf-8"))
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "previous")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_config(path: Path | str) -> dict:
+    """The parsed config.json of a checkpoint folder, checked for the fields this version needs."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint: {str(path)!r} is not a folder")
+    missing = [f for f in FILES[:3] if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {path.name!r}: missing {', '.join(missing)}")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path.name!r}: config.json is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or not {"model", "train", "corpus"} <= set(config):
+        raise CheckpointError(f"checkpoint {path.name!r}: config.json lacks model/train/corpus sections")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path.name!r}: written by routed {config.get('package_version')} in format "
+            f"{config['format_version']}; this version ({__version__}) reads format {FORMAT_VERSION}: upgrade routed"
+        )
+    return config
+
+
+def load_checkpoint(path: Path | str) -> Checkpoint:
+    """Load a checkpoint folder; any problem raises CheckpointError saying what is wrong."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from routed.data import load_tokenizer
+
+    path = Path(path)
+    config = read_config(path)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+        train_config = TrainConfig.from_dict(config["train"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path.name!r}: invalid config.json: {exc}") from exc
+    raw = (path / "model.safetensors").read_bytes()
+    try:
+        tensors = load(raw)  # parses a JSON header and raw arrays: never unpickles
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path.name!r}: model.safetensors is not a valid safetensors file "
+            f"(truncated, corrupted or another format): {exc}"
+        ) from exc
+    try:
+        tokenizer = load_tokenizer(path / "tokenizer.json")
+    except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+        raise CheckpointError(f"checkpoint {path.name!r}: tokenizer.json cannot be read: {exc}") from exc
+    if tokenizer.get_vocab_size() != model_config.vocab_size:
+        raise CheckpointError(
+            f"checkpoint {path.name!r}: tokenizer has {tokenizer.get_vocab_size()} tokens, "
+            f"the model expects {model_config.vocab_size}"
+        )
+    model = RoutedTransformer(model_config)
+    tensors["lm_head.weight"] = tensors.get("tok_emb.weight", torch.empty(0))
+    expected = model.state_dict()
+    problems = [k for k in expected if k not in tensors] + [k for k in tensors if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(tensors[k].shape)}, the config needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    if problems:
+        raise CheckpointError(f"checkpoint {path.name!r}: weights do not match config.json: {'; '.join(problems[:5])}")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model.eval()
+    history = []
+    if (path / "history.json").is_file():
+        try:
+            history = json.loads((path / "history.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            history = []  # the history is informative only; the model is intact
+    config.setdefault("fingerprint", hashlib.sha256(raw).hexdigest()[:16])
+    return Checkpoint(path, model, tokenizer, model_config, train_config, config, history)

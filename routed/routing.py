@@ -1,0 +1,110 @@
+"""Confidence measures, the routing rule, and what a routed token costs.
+
+The rule: a token leaves at the early exit when its confidence >= threshold, otherwise it takes
+the deep path to the last layer. A threshold of None means no routing (every token goes deep).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from routed.config import ModelConfig
+
+CONFIDENCE_MEASURES = ("max_softmax", "margin", "neg_entropy")
+
+
+def confidence_measures(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All confidence measures of logits (..., V), each (...,) in [0, 1], from one softmax.
+
+    max_softmax: the top probability (the notes' measure). margin: top-1 minus top-2 probability.
+    neg_entropy: negative entropy rescaled to [0, 1] as 1 - H / log(V) (same order as -H).
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    top2 = p.topk(2, dim=-1).values
+    entropy = -(p * logp).sum(-1)
+    return {
+        "max_softmax": top2[..., 0],
+        "margin": top2[..., 0] - top2[..., 1],
+        "neg_entropy": 1.0 - entropy / math.log(logits.shape[-1]),
+    }
+
+
+def confidence(logits: torch.Tensor, measure: str = "max_softmax") -> torch.Tensor:
+    """One confidence measure of logits (..., V) -> (...,)."""
+    if measure not in CONFIDENCE_MEASURES:
+        raise ValueError(f"measure: unknown confidence measure {measure!r}; choose one of {CONFIDENCE_MEASURES}")
+    return confidence_measures(logits)[measure]
+
+
+def check_threshold(threshold: float | None) -> None:
+    """Raise ValueError unless threshold is None or a number in [0, 1]."""
+    if threshold is None:
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise ValueError(f"threshold: must be a number in [0, 1], got {threshold!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold: must be in [0, 1], got {threshold!r}")
+
+
+def exits_early(conf: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """The routing rule: True where a token takes the shallow path (confidence >= threshold)."""
+    check_threshold(threshold)
+    if threshold is None:
+        return torch.zeros_like(conf, dtype=torch.bool)
+    return conf >= threshold
+
+
+def route(
+    logits: dict[int, torch.Tensor], threshold: float | None, measure: str = "max_softmax"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Routed output of a forward pass: (per-token logits of the chosen path, shallow mask).
+
+    `logits` holds the early exit (its smallest key) and the last layer (its largest key).
+    """
+    early, last = min(logits), max(logits)
+    shallow = exits_early(confidence(logits[early], measure), threshold)
+    chosen = torch.where(shallow.unsqueeze(-1), logits[early], logits[last])
+    return chosen, shallow
+
+
+@dataclass(frozen=True)
+class TokenCost:
+    """Forward FLOPs per token of one transformer layer and of one output head."""
+
+    layer: float
+    head: float
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> TokenCost:
+        d, T = cfg.d_model, cfg.context_length
+        # qkv 6d^2 + out-proj 2d^2 + MLP 16d^2 multiply-adds x2, plus attention over (T+1)/2
+        # positions on average for QK^T and AV (2 * 2d each).
+        layer = 24 * d * d + 2 * d * (T + 1)
+        head = 2 * d * cfg.vocab_size
+        return cls(layer=float(layer), head=float(head))
+
+
+def compute_pct(shallow_frac, n_layers: int, exit_layer: int = 1, reference_layers: int | None = None):
+    """The notes' Compute%: layers run per token relative to a `reference_layers` model (default n_layers).
+
+    Works on floats and on arrays/tensors of shallow fractions.
+    """
+    ref = reference_layers or n_layers
+    return 100.0 * (shallow_frac * exit_layer + (1 - shallow_frac) * n_layers) / ref
+
+
+def flops_pct(shallow_frac, cfg: ModelConfig, exit_layer: int = 1, routed: bool = True, reference_layers: int = 3):
+    """FLOPs per token relative to a plain `reference_layers`-layer model of the same width.
+
+    An exited token pays its layers and one head; a deep token pays all layers and, when routed,
+    two heads (one for the confidence check). Unrouted models pay their layers and one head.
+    """
+    cost = TokenCost.of(cfg)
+    reference = reference_layers * cost.layer + cost.head
+    shallow = exit_layer * cost.layer + cost.head
+    deep = cfg.n_layers * cost.layer + (2 if routed else 1) * cost.head
+    return 100.0 * (shallow_frac * shallow + (1 - shallow_frac) * deep) / reference
