@@ -187,3 +187,73 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
             history = []  # the history is informative only; the model is intact
     config.setdefault("fingerprint", hashlib.sha256(raw).hexdigest()[:16])
     return Checkpoint(path, model, tokenizer, model_config, train_config, config, history)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint folders by name, and the threshold sweep shipped beside a checkpoint
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # default; ROUTED_CHECKPOINTS_DIR overrides
+SWEEP_FILE = "sweep.csv"
+SWEEP_COLUMNS = ("threshold", "routed_ppl", "shallow_pct", "compute_pct", "flops_pct", "shallow_ppl", "deep_ppl", "oracle_ppl")
+
+
+def checkpoints_dir(root: Path | str | None = None) -> Path:
+    """The folder of named checkpoints: `root`, else ROUTED_CHECKPOINTS_DIR, else CHECKPOINTS_DIR."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("ROUTED_CHECKPOINTS_DIR") or CHECKPOINTS_DIR)
+
+
+def list_checkpoints(root: Path | str | None = None) -> list[str]:
+    """Names of the complete checkpoint folders (those with a config.json) under root, sorted."""
+    folder = checkpoints_dir(root)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file())
+
+
+def checkpoint_path(name: str, root: Path | str | None = None) -> Path:
+    """The folder of checkpoint `name` under root; only a plain folder name is accepted."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise CheckpointError(f"checkpoint name: {name!r} is empty or has leading/trailing spaces")
+    if name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
+        raise CheckpointError(f"checkpoint name: {name!r} must be a plain folder name (no path separators, no leading dot)")
+    if Path(name).is_absolute() or Path(name).name != name:
+        raise CheckpointError(f"checkpoint name: {name!r} must be a plain folder name")
+    return checkpoints_dir(root) / name
+
+
+def write_sweep(path: Path | str, rows: dict) -> Path:
+    """Write a threshold sweep (the dict of arrays from routed.evaluate.sweep) as `sweep.csv` in folder `path`."""
+    import csv
+
+    path = Path(path) / SWEEP_FILE
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SWEEP_COLUMNS)
+        for i in range(len(rows["threshold"])):
+            writer.writerow([f"{float(rows[c][i]):.6g}" for c in SWEEP_COLUMNS])
+    tmp.replace(path)
+    return path
+
+
+def read_sweep(path: Path | str) -> dict | None:
+    """The `sweep.csv` of checkpoint folder `path` as {column: list of floats}, or None when there is none."""
+    import csv
+
+    path = Path(path) / SWEEP_FILE
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in SWEEP_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} lacks column(s) {missing}")
+        try:
+            rows = [{c: float(row[c]) for c in SWEEP_COLUMNS} for row in reader]
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has a non-numeric value ({exc})") from exc
+    if not rows:
+        raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has no rows")
+    return {c: [r[c] for r in rows] for c in SWEEP_COLUMNS}

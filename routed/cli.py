@@ -240,10 +240,16 @@ def cmd_reproduce(args) -> int:
     from routed.reproduce import ReproduceSettings, reproduce
 
     settings = ReproduceSettings(
-        corpus=args.corpus, seeds=args.seeds, epochs=args.epochs, steps=args.steps, quick=args.quick,
+        corpus=args.corpus or ("python-docs" if args.quick else "wikitext-2"), seeds=args.seeds, epochs=args.epochs, steps=args.steps, quick=args.quick,
         alphas=not args.no_alphas,
     )
-    reproduce(settings, Path(args.out))
+    out = Path(args.out)
+    reproduce(settings, out)
+    if args.export:
+        from routed.reproduce import export_checkpoints
+
+        for path in export_checkpoints(out, Path(args.export)):
+            print(f"exported {path}")
     return 0
 
 
@@ -306,7 +312,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("reproduce", help="train every preset over seeds and regenerate the notes' tables")
-    p.add_argument("--corpus", default="wikitext-2")
+    p.add_argument("--corpus", help="default: wikitext-2 (python-docs with --quick)")
     p.add_argument("--seeds", type=int, default=3)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=float)
@@ -314,6 +320,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a minutes-long miniature for smoke tests")
     p.add_argument("--no-alphas", action="store_true", help="skip the alpha sweep")
     p.add_argument("--out", default="reports/reproduction")
+    p.add_argument("--export", help="also copy each preset's seed-0 model here (e.g. checkpoints)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

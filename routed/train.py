@@ -155,13 +155,16 @@ def train(
     corpus: Corpus | str = "python-docs",
     *,
     tokenizer=None,
+    encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train a routed transformer; returns the best weights (by validation loss) and the history.
 
-    `on_progress` is called after every step; `should_stop` is polled every step (cancellation).
-    Identical configs and seeds give identical results on CPU.
+    `tokenizer` (trained on the corpus when None) and `encoded` (train, validation token ids made
+    with that tokenizer) let many runs share one tokenization. `on_progress` is called after every
+    step; `should_stop` is polled every step (cancellation). Same configs and seeds give identical
+    results on CPU.
     """
     train_config.check_model(model_config)
     if isinstance(corpus, str):
@@ -170,8 +173,8 @@ def train(
     if tokenizer is None:
         tokenizer = train_tokenizer(corpus.train, model_config.vocab_size)
     model_config = replace(model_config, vocab_size=tokenizer.get_vocab_size())
-    train_ids = encode(tokenizer, corpus.train)
-    val_ids = encode(tokenizer, corpus.validation)[: train_config.eval_tokens + 1]
+    train_ids, val_ids = encoded if encoded is not None else (encode(tokenizer, corpus.train), encode(tokenizer, corpus.validation))
+    val_ids = val_ids[: train_config.eval_tokens + 1]
     if len(train_ids) < model_config.context_length + 1 + train_config.batch_size:
         raise CorpusError(
             f"corpus: the train split has {len(train_ids)} tokens, fewer than one batch of "
