@@ -127,7 +127,13 @@ def read_config(path: Path | str) -> dict:
         raise CheckpointError(f"checkpoint {path.name!r}: config.json is not valid JSON ({exc})") from exc
     if not isinstance(config, dict) or not {"model", "train", "corpus"} <= set(config):
         raise CheckpointError(f"checkpoint {path.name!r}: config.json lacks model/train/corpus sections")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        format_version = int(config.get("format_version", 0))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path.name!r}: invalid format_version {config.get('format_version')!r} in config.json"
+        ) from exc
+    if format_version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path.name!r}: written by routed {config.get('package_version')} in format "
             f"{config['format_version']}; this version ({__version__}) reads format {FORMAT_VERSION}: upgrade routed"
@@ -194,7 +200,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # default; ROUTED_CHECKPOINTS_DIR overrides
 SWEEP_FILE = "sweep.csv"
-SWEEP_COLUMNS = ("threshold", "routed_ppl", "shallow_pct", "compute_pct", "flops_pct", "shallow_ppl", "deep_ppl", "oracle_ppl")
+SWEEP_COLUMNS = tuple("threshold routed_ppl shallow_pct compute_pct flops_pct shallow_ppl deep_ppl oracle_ppl".split())
 
 
 def checkpoints_dir(root: Path | str | None = None) -> Path:
@@ -217,7 +223,9 @@ def checkpoint_path(name: str, root: Path | str | None = None) -> Path:
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise CheckpointError(f"checkpoint name: {name!r} is empty or has leading/trailing spaces")
     if name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or os.sep in name or "\0" in name:
-        raise CheckpointError(f"checkpoint name: {name!r} must be a plain folder name (no path separators, no leading dot)")
+        raise CheckpointError(
+            f"checkpoint name: {name!r} must be a plain folder name (no path separators, no leading dot)"
+        )
     if Path(name).is_absolute() or Path(name).name != name:
         raise CheckpointError(f"checkpoint name: {name!r} must be a plain folder name")
     return checkpoints_dir(root) / name
@@ -253,7 +261,9 @@ def read_sweep(path: Path | str) -> dict | None:
         try:
             rows = [{c: float(row[c]) for c in SWEEP_COLUMNS} for row in reader]
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has a non-numeric value ({exc})") from exc
+            raise CheckpointError(
+                f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has a non-numeric value ({exc})"
+            ) from exc
     if not rows:
         raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has no rows")
     return {c: [r[c] for r in rows] for c in SWEEP_COLUMNS}

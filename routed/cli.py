@@ -83,8 +83,8 @@ def build_configs(args) -> tuple[ModelConfig, TrainConfig]:
         overrides["steps"] = None
     if args.layer_weights is not None:
         overrides["layer_weights"] = args.layer_weights
-    if args.threshold is not None:
-        overrides["routing_threshold"] = None if args.threshold in ("none", "default") else args.threshold
+    if args.threshold not in (None, "default"):  # "default": the preset's own threshold
+        overrides["routing_threshold"] = None if args.threshold == "none" else args.threshold
     base = preset.train_config()
     merged = {**base.to_dict(), **overrides}
     if "layer_weights" not in overrides:

@@ -265,9 +265,10 @@ def python_docs_corpus() -> Corpus:
 # --------------------------------------------------------------------------------------------
 # Tokenizer
 
-# Cut points for parallel encoding: after a newline and before a non-space, where the byte-level
-# pre-tokenizer would split anyway, so chunked encoding equals encoding the whole text.
-_CHUNK_BOUNDARY = re.compile(r"(?<=\n)(?=\S)")
+# Cut points for parallel encoding: between "X\n" and "Y" (X, Y not spaces), where the byte-level
+# pre-tokenizer splits anyway (a newline after a space may join a whitespace run), so chunked
+# encoding equals encoding the whole text.
+_CHUNK_BOUNDARY = re.compile(r"(?<=\S\n)(?=\S)")
 
 
 def train_tokenizer(text: str, vocab_size: int = 4096):

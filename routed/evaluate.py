@@ -181,12 +181,13 @@ def sweep(records: TokenRecords, thresholds, measure: str = "max_softmax", route
     routed_sum = cum_final[k] + (cum_early[-1] - cum_early[k])
     shallow_frac = (n - k) / n
     cfg = records.model_config
+    routed = routed and records.early_exit < records.final_exit  # one exit: nothing to route, no second head
     ones = np.ones_like(t)
     return {
         "threshold": t,
         "routed_ppl": _ppl(routed_sum / n),
         "shallow_pct": 100.0 * shallow_frac,
-        "compute_pct": compute_pct(shallow_frac, cfg.n_layers, records.early_exit),
+        "compute_pct": compute_pct(shallow_frac, cfg.n_layers, records.early_exit, reference_layers=3),
         "flops_pct": flops_pct(shallow_frac, cfg, records.early_exit, routed=routed),
         "shallow_ppl": ones * _ppl(cum_early[-1] / n),
         "deep_ppl": ones * _ppl(cum_final[-1] / n),

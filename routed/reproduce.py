@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -173,6 +174,32 @@ def read_sweep_csv(path: Path) -> dict[str, np.ndarray]:
     return {c: np.array([float(r[c]) for r in rows]) for c in SWEEP_COLUMNS}
 
 
+def _claim(run_dir: Path) -> bool:
+    """Atomically claim a run for this process, so several processes can share one output folder.
+
+    A claim whose process has died is taken over.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = run_dir / "claim"
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(claim.read_text() or 0)
+                os.kill(pid, 0)
+                return False  # alive: someone else's run
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                claim.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
     """Train and evaluate every scheduled run (skipping finished ones), then write the report."""
     out.mkdir(parents=True, exist_ok=True)
@@ -186,12 +213,17 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
         if (run_dir / "result.json").exists():
             log(f"[{i}/{len(schedule)}] {run.name} seed {seed}: done earlier, kept")
             continue
+        if not _claim(run_dir):
+            log(f"[{i}/{len(schedule)}] {run.name} seed {seed}: being trained by another process, skipped")
+            continue
         log(f"[{i}/{len(schedule)}] {run.name} seed {seed}: training ...")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        result = _run_one(run, seed, settings, corpus, tokenizer, ids, run_dir, log)
-        tmp = run_dir / "result.json.part"
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(run_dir / "result.json")  # written last: a run with result.json is complete
+        try:
+            result = _run_one(run, seed, settings, corpus, tokenizer, ids, run_dir, log)
+            tmp = run_dir / "result.json.part"
+            tmp.write_text(json.dumps(result, indent=2))
+            tmp.replace(run_dir / "result.json")  # written last: a run with result.json is complete
+        finally:
+            (run_dir / "claim").unlink(missing_ok=True)
         log(f"[{i}/{len(schedule)}] {run.name} seed {seed}: test PPL by exit "
             f"{ {k: round(v, 2) for k, v in result['ppl_by_exit'].items()} } in {result['train_s'] / 60:.1f} min")
         write_report(out, settings, session_s=time.perf_counter() - started)
@@ -391,18 +423,22 @@ def write_report(out: Path, settings: ReproduceSettings, session_s: float = 0.0)
                   "Interactive: `ppl_vs_compute.html`.", ""]
     lines += [f"Wall time of the last reproduce invocation: {session_s / 60:.1f} min.", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    tmp = path.with_name(f".report.md.{os.getpid()}")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(path)  # several processes may write the report: each write is whole
     return path
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    tmp.replace(path)
 
 
 def _seed_ppls(row: dict | None) -> list[float]:

@@ -106,5 +106,6 @@ def flops_pct(shallow_frac, cfg: ModelConfig, exit_layer: int = 1, routed: bool 
     cost = TokenCost.of(cfg)
     reference = reference_layers * cost.layer + cost.head
     shallow = exit_layer * cost.layer + cost.head
-    deep = cfg.n_layers * cost.layer + (2 if routed else 1) * cost.head
+    second_head = routed and exit_layer < cfg.n_layers  # a single-exit model never checks twice
+    deep = cfg.n_layers * cost.layer + (2 if second_head else 1) * cost.head
     return 100.0 * (shallow_frac * shallow + (1 - shallow_frac) * deep) / reference

@@ -34,7 +34,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float64)
         for i in range(0, n, chunk_rows):
             h, t = hidden[i : i + chunk_rows], targets[i : i + chunk_rows]
-            logits = (h @ weight.T).float()
+            logits = (h @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
             peak = logits.amax(dim=-1, keepdim=True)
             target_logit = logits.gather(-1, t.unsqueeze(-1))
             probs = logits.sub_(peak).exp_()  # in place: one pass per step over the chunk
@@ -58,7 +58,7 @@ def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
     """Mean CE of logits hidden @ weight.T (hidden (N, C), weight (V, C), targets (N,)), fused when training."""
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _HeadCrossEntropy.apply(hidden, weight, targets, chunk_rows)
-    return F.cross_entropy((hidden @ weight.T).float(), targets)
+    return F.cross_entropy((hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32)), targets)
 
 
 def weighted_exit_loss(
@@ -90,7 +90,12 @@ def learning_rate_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 
 
 def default_threads() -> int:
-    """Intra-op threads: the cores this process may run on (oversubscription slows small matmuls)."""
+    """Intra-op threads: ROUTED_NUM_THREADS if set, else the cores this process may run on.
+
+    More threads than cores (or two busy processes sharing them) slows small matmuls sharply.
+    """
+    if os.environ.get("ROUTED_NUM_THREADS", "").isdigit() and int(os.environ["ROUTED_NUM_THREADS"]) > 0:
+        return int(os.environ["ROUTED_NUM_THREADS"])
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:

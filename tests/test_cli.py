@@ -1,0 +1,219 @@
+"""The command line: train -> eval / route / sweep / calibrate on a tiny checkpoint, and clean errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import TINY_CLI_FLAGS, repetitive_text, write_text
+
+from routed.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET_NAMES = [
+    "standard_3l",
+    "standard_1l",
+    "standard_routing",
+    "asymmetric_best",
+    "asymmetric_l2",
+    "lpt",
+    "lpt_routing",
+]
+SWEEP_COLUMNS = "threshold,routed_ppl,shallow_pct,compute_pct,flops_pct,shallow_ppl,deep_ppl,oracle_ppl"
+
+
+def run_main(argv):
+    """main(argv)'s exit code, also when argparse exits."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as exc:
+        return exc.code
+
+
+def run_cli(*args, env_overrides=None):
+    env = {**os.environ, **(env_overrides or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "routed", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A corpus file and a checkpoint trained from it through `python -m routed train` (main)."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = write_text(root / "corpus.txt", repetitive_text(300))
+    checkpoint = root / "ckpt"
+    with pytest.MonkeyPatch.context() as mp:
+        import routed.train
+
+        mp.setenv("ROUTED_CACHE_DIR", str(root / "cache"))
+        mp.setattr(routed.train, "default_threads", lambda: 1)
+        code = main(
+            ["train", "--preset", "asymmetric_best", "--corpus", str(corpus), "--out", str(checkpoint), *TINY_CLI_FLAGS]
+        )
+    assert code == 0
+    return corpus, checkpoint
+
+
+def test_help_runs_as_a_module():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("presets", "train", "eval", "route", "sweep"):
+        assert command in result.stdout
+
+
+def test_presets_lists_the_seven_presets(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "name"
+    assert [line.split()[0] for line in lines[1:]] == PRESET_NAMES
+
+
+def test_train_writes_a_checkpoint(workspace):
+    corpus, checkpoint = workspace
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "config.json",
+        "history.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    assert config["preset"] == "asymmetric_best"
+    assert config["model"] | {"vocab_size": 300} == dict(
+        vocab_size=300, n_layers=3, d_model=32, n_heads=2, context_length=16, dropout=0.0
+    )
+    assert config["train"]["layer_weights"] == {"1": 0.7, "2": 0.0, "3": 0.3}
+    assert config["train"]["routing_threshold"] == 0.95
+    assert (config["train"]["steps"], config["train"]["batch_size"], config["train"]["eval_interval"]) == (20, 8, 10)
+    assert config["corpus"]["name"] == str(corpus)
+    history = json.loads((checkpoint / "history.json").read_text(encoding="utf-8"))
+    assert [r["step"] for r in history] == [10, 20]
+
+
+def test_train_reports_where_it_saved(tmp_path, capsys, workspace):
+    corpus, _ = workspace
+    out = tmp_path / "small"
+    flags = [f if f != "20" else "2" for f in TINY_CLI_FLAGS]  # two steps
+    assert main(["train", "--preset", "lpt", "--corpus", str(corpus), "--out", str(out), *flags]) == 0
+    stdout = capsys.readouterr().out
+    assert f"saved {out}" in stdout
+    assert "validation PPL by exit" in stdout
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["train"]["routing_threshold"] is None
+
+
+def test_eval_json(workspace, capsys):
+    _, checkpoint = workspace
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"threshold", "routed_ppl", "shallow_pct", "compute_pct", "flops_pct", "ppl_by_exit"} <= set(result)
+    assert result["threshold"] == 0.95  # the checkpoint's own
+    assert set(result["ppl_by_exit"]) == {"1", "2", "3"}
+    assert 0 <= result["shallow_pct"] <= 100
+    assert 100 / 3 <= result["compute_pct"] <= 100
+    assert result["routed_ppl"] > 1
+
+
+def test_eval_without_routing_is_the_last_exit(workspace, capsys, monkeypatch):
+    _, checkpoint = workspace
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json", "--threshold", "none"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["threshold"] is None and plain["shallow_pct"] == 0.0 and plain["compute_pct"] == 100.0
+    assert plain["routed_ppl"] == pytest.approx(plain["ppl_by_exit"]["3"])
+    # Another threshold reuses the cached records: the model does not run again.
+    import routed.evaluate
+
+    monkeypatch.setattr(routed.evaluate, "evaluate", lambda *a, **k: pytest.fail("records were recomputed"))
+    assert main(["eval", "--checkpoint", str(checkpoint), "--json", "--threshold", "0"]) == 0
+    everything_shallow = json.loads(capsys.readouterr().out)
+    assert everything_shallow["shallow_pct"] == 100.0
+    assert everything_shallow["routed_ppl"] == pytest.approx(plain["ppl_by_exit"]["1"])
+
+
+def test_eval_table(workspace, capsys):
+    _, checkpoint = workspace
+    assert main(["eval", "--checkpoint", str(checkpoint), "--split", "validation"]) == 0
+    out = capsys.readouterr().out
+    for label in ("exit 1 PPL", "exit 3 PPL", "routed PPL", "Shallow%", "Compute%", "FLOPs%"):
+        assert label in out
+
+
+def test_route_prints_a_table(workspace, capsys):
+    _, checkpoint = workspace
+    text = "the cat sees the ball.\nthe dog likes a tree.\n"
+    assert main(["route", "--checkpoint", str(checkpoint), "--text", text, "--threshold", "0.2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("threshold 0.2 (max_softmax)")
+    assert lines[1].split() == ["token", "confidence", "path", "NLL@1", "NLL@2", "NLL@3"]
+    rows = lines[3:-1]
+    assert rows and all(line.split()[-4] in ("shallow", "deep") for line in rows)
+    assert lines[-1].startswith("shallow ") and lines[-1].endswith("%)")
+    n_shallow = sum(line.split()[-4] == "shallow" for line in rows)
+    assert lines[-1].split()[1] == f"{n_shallow}/{len(rows)}"
+
+
+def test_sweep_writes_csv(workspace, tmp_path, capsys):
+    _, checkpoint = workspace
+    path = tmp_path / "sweep.csv"
+    argv = ["sweep", "--checkpoint", str(checkpoint), "--thresholds", "0,0.3,0.6,1", "--csv", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| Threshold | PPL | Shallow% | Compute% | FLOPs% |" in out
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert ",".join(rows[0]) == SWEEP_COLUMNS
+    assert [float(r[0]) for r in rows[1:]] == [0.0, 0.3, 0.6, 1.0]
+    shallow = [float(r[2]) for r in rows[1:]]
+    assert shallow[0] == 100.0 and shallow == sorted(shallow, reverse=True)
+
+
+def test_calibrate_prints_json(workspace, capsys):
+    _, checkpoint = workspace
+    assert main(["calibrate", "--checkpoint", str(checkpoint), "--target-compute", "90"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["threshold"] <= 1
+    assert result["validation"]["compute_pct"] <= 90 + 1e-9
+
+
+def bad_inputs(corpus, checkpoint, out):
+    train = ["train", "--corpus", corpus, "--out", out, *TINY_CLI_FLAGS]
+    return {
+        "unknown-preset": [*train, "--preset", "nope"],
+        "train-threshold-2": [*train, "--threshold", "2"],
+        "weight-on-missing-layer": [*train, "--layer-weights", "1:0.5,4:0.5"],
+        "unknown-corpus": ["train", "--corpus", "no-such-corpus", "--out", out],
+        "eval-threshold-2": ["eval", "--checkpoint", checkpoint, "--threshold", "2"],
+        "missing-checkpoint": ["eval", "--checkpoint", Path(out) / "missing"],
+        "route-empty-text": ["route", "--checkpoint", checkpoint, "--text", "  "],
+        "sweep-threshold-2": ["sweep", "--checkpoint", checkpoint, "--thresholds", "0.5,2"],
+        "bad-split": ["eval", "--checkpoint", checkpoint, "--split", "dev"],
+        "bad-layer-weights": [*train, "--layer-weights", "oops"],
+        "no-command": [],
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_inputs("c", "k", "o")))
+def test_bad_input_exits_2_with_one_error_line(workspace, tmp_path, capsys, case):
+    corpus, checkpoint = workspace
+    argv = bad_inputs(corpus, checkpoint, tmp_path / "out")[case]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    result = run_cli("eval", "--checkpoint", tmp_path / "missing")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: checkpoint: {str(tmp_path / 'missing')!r} is not a folder"]
+    assert result.stdout == ""
