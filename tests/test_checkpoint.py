@@ -246,10 +246,6 @@ def test_invalid_training_config_is_refused(saved):
         load_checkpoint(saved)
 
 
-# BUG (routed/checkpoint.py, read_config): `int(config.get("format_version", 0))` raises a plain
-# ValueError ("one") or TypeError (null, which the CLI does not catch: a traceback) on a damaged
-# format_version instead of the CheckpointError that load_checkpoint promises for any problem.
-# Expected to fail until the conversion is guarded (try/except (TypeError, ValueError) -> CheckpointError).
 @pytest.mark.parametrize("version", ["one", None])
 def test_damaged_format_version_is_refused_with_checkpoint_error(saved, version):
     edit_config(saved, format_version=version)

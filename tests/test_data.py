@@ -85,12 +85,6 @@ def test_vocabulary_smaller_than_the_byte_alphabet_is_refused():
         train_tokenizer("some text", 100)
 
 
-# BUG (routed/data.py, _CHUNK_BOUNDARY): encode() cuts the text after every "\n" that precedes a
-# non-space, but the byte-level pre-tokenizer does not cut there when the "\n" follows other
-# whitespace ("a\n\nb" is pre-tokenized as "a" "\n" "\n" "b", the chunks give "a" "\n\n" | "b"), so
-# encode() returns different ids than tokenizer.encode() for runs of newlines, "\r\n" and spaces
-# before a newline. Expected to fail until the boundary only cuts after a newline that follows a
-# non-space, e.g. re.compile(r"(?<=\S\n)(?=\S)").
 @pytest.mark.parametrize(
     "text",
     [

@@ -321,12 +321,6 @@ def test_untrained_model_records_are_complete():
     assert not model.training
 
 
-# BUG (routed/evaluate.py, sweep): Compute% is taken relative to the model's own depth
-# (`compute_pct(shallow_frac, cfg.n_layers, records.early_exit)`), while summary(threshold=None)
-# takes it relative to 3 layers (`reference_layers=3`, like flops_pct). A 1-layer model, whose one
-# exit is both the early and the last exit, so that no threshold changes its cost, reports 33.3%
-# without a threshold and 100% with any threshold (also in `sweep` tables and `eval --threshold`).
-# Expected to fail until sweep passes reference_layers=3 to compute_pct.
 def test_compute_pct_of_a_one_layer_model_does_not_depend_on_the_threshold():
     torch.manual_seed(0)
     model = RoutedTransformer(tiny_model_config(n_layers=1))

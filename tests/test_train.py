@@ -97,9 +97,6 @@ def test_head_cross_entropy_matches_cross_entropy_in_value_and_gradients(chunk_r
         torch.testing.assert_close(a.double(), b, rtol=1e-6, atol=1e-6)
 
 
-# BUG (routed/train.py, _HeadCrossEntropy.forward and head_cross_entropy): the logits are cast with
-# `.float()`, so float64 inputs are computed in float32 and agree with F.cross_entropy only to ~1e-8.
-# Expected to fail until the cast keeps float64 (e.g. `.to(torch.promote_types(h.dtype, torch.float32))`).
 def test_head_cross_entropy_keeps_float64_precision():
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(37, 8, dtype=torch.float64, generator=g, requires_grad=True)

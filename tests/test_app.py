@@ -1,0 +1,160 @@
+"""The Streamlit app, page by page, through AppTest (no browser)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["pages/home.py", "pages/train.py", "pages/token_routing.py", "pages/ppl_vs_compute.py", "pages/research.py"]
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs(app_env, page):
+    at = open_page(page)
+    assert not errors(at)
+    assert at.title, "every page has a title"
+
+
+def test_home_headline_table_has_baselines(app_env):
+    at = open_page("pages/home.py")
+    assert at.selectbox(key="home_model").options == ["asymmetric_best", "standard_1l", "standard_3l"]
+    table = at.dataframe[0].value
+    assert list(table.index[1:]) == ["Standard 1L", "Standard 3L"]
+    assert table.loc["Standard 1L", "Compute%"] == pytest.approx(100 / 3)
+    at.selectbox(key="home_model").set_value("standard_1l").run()  # Compute% is against 3 layers for any depth
+    assert at.dataframe[0].value.iloc[0]["Compute%"] == pytest.approx(100 / 3)
+
+
+def test_model_choice_is_kept_across_pages(app_env):
+    at = open_page("pages/home.py")
+    at.selectbox(key="home_model").set_value("standard_3l")
+    at.slider(key="home_threshold").set_value(0.5).run()
+    at.switch_page("pages/token_routing.py").run()
+    assert at.selectbox(key="routing_model").value == "standard_3l"
+    assert at.slider(key="routing_threshold").value == 0.5
+
+
+def test_threshold_slider_changes_shallow_pct(app_env):
+    at = open_page("pages/token_routing.py")
+    shallow = {}
+    for threshold in (0.0, 1.0):
+        at.slider(key="routing_threshold").set_value(threshold).run()
+        assert not at.exception and not errors(at)
+        shallow[threshold] = next(m.value for m in at.metric if m.label == "Shallow%")
+    assert shallow[0.0] == "100.0%"
+    assert shallow[0.0] != shallow[1.0]
+
+
+def test_heatmap_escapes_user_text(app_env):
+    at = open_page("pages/token_routing.py")
+    at.text_area(key="routing_text").set_value("Hello <script>alert(1)</script> & <b>bold</b> world").run()
+    assert not at.exception and not errors(at)
+    rendered = [h.value for h in at.get("html")] + [m.value for m in at.markdown]
+    assert not any("<script" in r.lower() or "<b>" in r for r in rendered)
+    heatmap = next(h.value for h in at.get("html") if "routed-text" in h.value)
+    visible = re.sub(r"<[^>]+>", "", re.sub(r'<span class="tip">.*?</span>', "", heatmap, flags=re.S))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in visible
+
+
+def test_compare_two_models_side_by_side(app_env):
+    at = open_page("pages/token_routing.py")
+    at.selectbox(key="routing_compare").set_value("standard_3l").run()
+    assert not at.exception and not errors(at)
+    assert [s.value for s in at.subheader] == ["asymmetric_best", "standard_3l"]
+    assert len([m for m in at.metric if m.label == "Shallow%"]) == 2
+
+
+def test_ppl_vs_compute_uses_sweep_and_records(app_env):
+    at = open_page("pages/ppl_vs_compute.py")
+    at.multiselect(key="curve_models").set_value(["asymmetric_best", "standard_3l"]).run()
+    at.toggle(key="curve_flops").set_value(True).run()
+    assert not at.exception and not errors(at)
+    table = at.dataframe[0].value
+    assert list(table["Threshold"]) == [0.5, 0.7, 0.8, 0.9, 0.95]
+    assert {d.key for d in at.download_button} == {"curve_chart_download", "curve_table_download"}
+
+
+def test_missing_corpus_is_one_clear_error(app_env):
+    (app_env.checkpoints / "asymmetric_best" / "sweep.csv").unlink()
+    app_env.corpus.rename(app_env.corpus.with_suffix(".gone"))
+    try:
+        at = open_page("pages/ppl_vs_compute.py")
+        assert len(at.error) == 1 and "cannot be evaluated" in at.error[0].value
+    finally:
+        app_env.corpus.with_suffix(".gone").rename(app_env.corpus)
+
+
+def test_research_page_renders_report_tables(app_env):
+    at = open_page("pages/research.py")
+    assert len(at.dataframe) == 2
+    assert "asymmetric_best" in list(at.dataframe[0].value["model"])
+
+
+def test_research_page_says_how_to_produce_tables(app_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(tmp_path / "nothing"))
+    at = open_page("pages/research.py")
+    assert not at.dataframe
+    assert any("python -m routed reproduce" in i.value for i in at.info)
+
+
+def test_train_page_rejects_a_path_as_name(app_env):
+    at = open_page("pages/train.py")
+    at.text_input(key="train_name").input("../escape")
+    at.button(key="train_submit").click().run()
+    assert any("plain folder name" in e for e in errors(at))
+
+
+def test_train_page_rejects_non_utf8_upload(app_env):
+    at = open_page("pages/train.py")
+    at.selectbox(key="train_corpus").set_value("upload a .txt file")
+    at.file_uploader(key="train_upload").upload("bad.txt", b"\xff\xfe\x00bad", "text/plain")
+    at.button(key="train_submit").click().run()
+    assert any("not UTF-8" in e for e in errors(at))
+
+
+def test_training_run_completes_and_becomes_selectable(app_env):
+    at = open_page("pages/train.py")
+    at.radio(key="train_mode").set_value("custom layer weights")
+    for key, value in {
+        "d_model": 32,
+        "n_heads": 2,
+        "context": 32,
+        "vocab": 300,
+        "batch": 4,
+        "steps": 5,
+        "eval_interval": 5,
+    }.items():
+        at.number_input(key=f"train_{key}").set_value(value)
+    at.selectbox(key="train_corpus").set_value("upload a .txt file")
+    at.file_uploader(key="train_upload").upload("tiny.txt", app_env.corpus.read_bytes(), "text/plain")
+    at.text_input(key="train_name").input("tiny_run")
+    at.button(key="train_submit").click().run()
+    assert not errors(at), errors(at)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = next((m.value for m in at.markdown if "tiny_run" in m.value), "")
+        if "done" in status or "failed" in status:
+            break
+        time.sleep(0.5)
+        at.run()
+    assert "done" in status, (status, errors(at))
+    assert (app_env.checkpoints / "tiny_run" / "config.json").is_file()
+    at.switch_page("pages/home.py").run()
+    assert "tiny_run" in at.selectbox(key="home_model").options

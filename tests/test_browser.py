@@ -1,0 +1,133 @@
+"""The running app in headless Chromium: every page loads cleanly; token tooltips appear on hover.
+
+Screenshots of each page are written to tests/artifacts/ (git-ignored) for a look by eye.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+# A page's own URL first: a fresh server's first visitor must still get app.py's navigation.
+PAGES = {
+    "token_routing": "token_routing",
+    "home": "",
+    "train": "train",
+    "ppl_vs_compute": "ppl_vs_compute",
+    "research": "research",
+}
+NAV = ["Home", "Train", "Token routing", "PPL vs compute", "Research tables"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_world, tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` to run browser tests")
+    pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
+    port = free_port()
+    env = {
+        **os.environ,
+        "ROUTED_CHECKPOINTS_DIR": str(tiny_world.checkpoints),
+        "ROUTED_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "ROUTED_REPORTS_DIR": str(tiny_world.reports),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"streamlit did not start:\n{server.stdout.read().decode(errors='replace')}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def load(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(url)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"] h1', timeout=60_000)
+    page.wait_for_timeout(1500)  # charts draw after the script ends
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=60_000)
+    return page
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page_loads_without_errors(app_url, browser, name):
+    page = load(browser, f"{app_url}/{PAGES[name]}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stAlertContentError"]').all_inner_texts() == []
+    links = page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+    assert [link.split("\n")[-1] for link in links] == NAV
+    page.close()
+
+
+def test_hovering_a_token_shows_its_tooltip(app_url, browser):
+    page = load(browser, f"{app_url}/token_routing")
+    token = page.locator(".routed-text .tok.deep, .routed-text .tok.shallow").nth(3)
+    tip = token.locator(".tip")
+    assert not tip.is_visible()
+    token.hover()
+    tip.wait_for(state="visible", timeout=5_000)
+    text = tip.inner_text()
+    assert "path" in text and "NLL" in text and "exit 1 (shallow)" in text and "exit 3 (deep)" in text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "token_routing_tooltip.png"))
+    page.close()
