@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from routed.config import ModelConfig
-from routed.routing import CONFIDENCE_MEASURES, check_threshold, compute_pct, confidence_measures, flops_pct
+from routed.routing import (
+    CONFIDENCE_MEASURES,
+    check_threshold,
+    compute_pct,
+    confidence_measures,
+    flops_pct,
+    multi_exit_pct,
+)
 
 
 def windows(tokens: torch.Tensor, context_length: int, batch_size: int):
@@ -64,6 +71,7 @@ class TokenRecords:
     early_correct: np.ndarray  # (N,) bool: the early exit's argmax is the target
     early_exit: int  # the exit whose confidence routes (layer 1)
     model_config: ModelConfig
+    layer_confidence: dict[int, np.ndarray] | None = None  # {layer: (N,)} max softmax at every layer (multi-exit)
     top_ids: dict[int, np.ndarray] | None = None  # {layer: (N, k)} top predictions, when asked for
     top_probs: dict[int, np.ndarray] | None = None  # {layer: (N, k)} their probabilities
 
@@ -80,6 +88,7 @@ class TokenRecords:
         arrays = {"position": self.position, "token_id": self.token_id, "early_correct": self.early_correct}
         arrays |= {f"nll_{k}": v for k, v in self.nll.items()}
         arrays |= {f"conf_{k}": v for k, v in self.confidence.items()}
+        arrays |= {f"lconf_{k}": v for k, v in (self.layer_confidence or {}).items()}
         meta = {"early_exit": self.early_exit, **self.model_config.to_dict()}
         arrays["meta_keys"] = np.array(list(meta))
         arrays["meta_values"] = np.array(list(meta.values()), dtype=np.float64)
@@ -102,6 +111,7 @@ class TokenRecords:
                 early_correct=z["early_correct"],
                 early_exit=early,
                 model_config=cfg,
+                layer_confidence={int(k[6:]): z[k] for k in z.files if k.startswith("lconf_")} or None,
             )
 
 
@@ -116,6 +126,7 @@ def evaluate(model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int 
     exits = list(range(1, cfg.n_layers + 1))
     positions, targets, correct = [], [], []
     nll = {layer: [] for layer in exits}
+    layer_conf = {layer: [] for layer in exits}
     conf = {m: [] for m in CONFIDENCE_MEASURES}
     top_ids = {layer: [] for layer in exits}
     top_probs = {layer: [] for layer in exits}
@@ -124,6 +135,7 @@ def evaluate(model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int 
         for layer in exits:
             logp = torch.log_softmax(logits[layer].float(), dim=-1)
             nll[layer].append(-logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten())
+            layer_conf[layer].append(logp.amax(-1).exp().flatten())
             if top_k:
                 top = logp.topk(top_k, dim=-1)
                 top_ids[layer].append(top.indices.flatten(0, 1))
@@ -146,6 +158,7 @@ def evaluate(model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int 
         early_correct=cat(correct, bool),
         early_exit=early_exit,
         model_config=cfg,
+        layer_confidence={layer: cat(v, np.float32) for layer, v in layer_conf.items()},
         top_ids={layer: torch.cat(v).numpy() for layer, v in top_ids.items()} if top_k and positions else None,
         top_probs={layer: torch.cat(v).numpy() for layer, v in top_probs.items()} if top_k and positions else None,
     )
@@ -193,6 +206,54 @@ def sweep(records: TokenRecords, thresholds, measure: str = "max_softmax", route
         "deep_ppl": ones * _ppl(cum_final[-1] / n),
         "oracle_ppl": ones * _ppl(np.minimum(early_nll, final_nll).mean()),
     }
+
+
+def sweep_exits(records: TokenRecords, thresholds, exits, propagate_kv: bool = False) -> dict[str, np.ndarray]:
+    """Multi-exit sweep (max-softmax confidence): a token leaves at the first exit whose confidence >= t.
+
+    Per threshold: routed PPL, Compute%, FLOPs% and the share of tokens leaving at each exit
+    (`exit_<layer>_pct`). Vectorised: a token leaves at exit e exactly for t in
+    (max confidence at its earlier exits, its confidence at e], so each token adds its NLL over
+    those threshold intervals through difference arrays.
+    """
+    if records.layer_confidence is None:
+        raise ValueError("records: these records lack per-layer confidences; evaluate them again")
+    cfg = records.model_config
+    exits = sorted(set(exits) | {cfg.n_layers})
+    if exits[0] < 1 or exits[-1] > cfg.n_layers:
+        raise ValueError(f"exits: must be layers within 1..{cfg.n_layers}, got {exits!r}")
+    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
+    if t.size and (np.isnan(t).any() or t.min() < 0 or t.max() > 1):
+        raise ValueError("thresholds: every threshold must be a number in [0, 1]")
+    order = np.argsort(t, kind="stable")
+    ts = t[order]
+    n, K = len(records), len(t)
+    nll_sum = np.zeros(K + 1)
+    counts = {e: np.zeros(K + 1) for e in exits}
+    earlier_max = np.full(n, -np.inf)  # a token reaches exit e for t > max confidence at earlier exits
+    for e in exits:
+        if e == exits[-1]:
+            lo = np.searchsorted(ts, earlier_max, side="right")  # t > earlier_max
+            hi = np.full(n, K)
+        else:
+            conf = records.layer_confidence[e].astype(np.float64)
+            lo = np.searchsorted(ts, earlier_max, side="right")
+            hi = np.searchsorted(ts, conf, side="right")  # t <= conf
+            earlier_max = np.maximum(earlier_max, conf)
+        valid = hi > lo
+        nll = records.nll[e].astype(np.float64)
+        np.add.at(nll_sum, lo[valid], nll[valid])
+        np.add.at(nll_sum, hi[valid], -nll[valid])
+        np.add.at(counts[e], lo[valid], 1)
+        np.add.at(counts[e], hi[valid], -1)
+    routed_sum = np.cumsum(nll_sum)[:K]
+    fracs = {e: np.cumsum(c)[:K] / n for e, c in counts.items()}
+    compute, flops = multi_exit_pct(fracs, cfg, exits, propagate_kv=propagate_kv)
+    unsort = np.argsort(order, kind="stable")
+    result = {"threshold": t, "routed_ppl": _ppl(routed_sum / n)[unsort],
+              "compute_pct": np.asarray(compute)[unsort], "flops_pct": np.asarray(flops)[unsort]}
+    result |= {f"exit_{e}_pct": 100.0 * fracs[e][unsort] for e in exits}
+    return result
 
 
 def summary(records: TokenRecords, threshold: float | None, measure: str = "max_softmax") -> dict:

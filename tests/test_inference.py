@@ -106,3 +106,32 @@ def test_generate_rejects_bad_arguments(sharp_model, kwargs, match):
     args = {"prompt_ids": [1], "max_new_tokens": 3, "threshold": 0.5, "mode": "sparse"} | kwargs
     with pytest.raises(ValueError, match=match):
         generate(sharp_model, **args)
+
+
+def test_multi_exit_sweep_reduces_to_the_two_exit_formulas(sharp_model):
+    from routed.evaluate import evaluate, sweep, sweep_exits
+
+    tokens = torch.randint(0, 300, (200,), generator=torch.Generator().manual_seed(2))
+    records = evaluate(sharp_model, tokens)
+    grid = torch.linspace(0, 1, 101).numpy()
+    two = sweep(records, grid)
+    multi = sweep_exits(records, grid, exits=[1, 3])
+    for key in ("routed_ppl", "compute_pct", "flops_pct"):
+        torch.testing.assert_close(torch.from_numpy(multi[key]), torch.from_numpy(two[key]), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(torch.from_numpy(multi["exit_1_pct"]), torch.from_numpy(two["shallow_pct"]))
+
+
+def test_multi_exit_sweep_equals_a_direct_routed_forward(sharp_model):
+    from routed.evaluate import evaluate, sweep_exits
+
+    tokens = torch.randint(0, 300, (161,), generator=torch.Generator().manual_seed(3))
+    records = evaluate(sharp_model, tokens)
+    x, y = tokens[:-1].view(10, 16), tokens[1:].view(10, 16)
+    for t in (0.0, 0.3, 0.6, 0.9, 1.0):
+        out = routed_forward(sharp_model, x, t, "dense", exits=[1, 2, 3])
+        nll = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), y.flatten())
+        row = sweep_exits(records, [t], exits=[1, 2, 3])
+        assert row["routed_ppl"][0] == pytest.approx(float(nll.exp()), rel=1e-5)
+        for layer in (1, 2, 3):
+            share = 100 * float((out.exit_layer == layer).float().mean())
+            assert row[f"exit_{layer}_pct"][0] == pytest.approx(share)
