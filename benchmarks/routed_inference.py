@@ -53,8 +53,8 @@ def bench_model(label: str, model: RoutedTransformer, batch: torch.Tensor, exits
     print("|" + "---|" * 12)
     for target in (0.25, 0.50, 0.75):
         threshold = float(torch.quantile(conf, 1 - target))
-        dense_s = best_time(lambda: routed_forward(model, batch, threshold, "dense", exits), repeats)
-        sparse_s = best_time(lambda: routed_forward(model, batch, threshold, "sparse", exits), repeats)
+        dense_s = best_time(lambda t=threshold: routed_forward(model, batch, t, "dense", exits), repeats)
+        sparse_s = best_time(lambda t=threshold: routed_forward(model, batch, t, "sparse", exits), repeats)
         out = routed_forward(model, batch, threshold, "sparse", exits)
         shallow = float((out.exit_layer == first).float().mean())
         comp = compute_pct(shallow, n, first)

@@ -115,16 +115,25 @@ def run_job(job: TrainJob) -> TrainJob:
 
     try:
         result = train(
-            job.model_config, job.train_config, job.corpus,
-            on_progress=on_progress, should_stop=lambda: job.cancel_requested,
+            job.model_config,
+            job.train_config,
+            job.corpus,
+            on_progress=on_progress,
+            should_stop=lambda: job.cancel_requested,
         )
         if result.cancelled:
             job.status = "cancelled"
         else:
             extra = {**job.extra, "best_step": result.best_step, "stopped_early": result.stopped_early}
             save_checkpoint(
-                job.out, result.model, result.tokenizer, result.train_config,
-                result.corpus_name, result.corpus_fingerprint, result.history, extra=extra,
+                job.out,
+                result.model,
+                result.tokenizer,
+                result.train_config,
+                result.corpus_name,
+                result.corpus_fingerprint,
+                result.history,
+                extra=extra,
             )
             job.status = "done"
     except (ValueError, OSError) as exc:  # CorpusError and CheckpointError are ValueErrors
