@@ -11,7 +11,6 @@ default-size model is used (timings do not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
@@ -20,21 +19,10 @@ import torch
 
 from routed.config import ModelConfig
 from routed.data import encode, load_corpus, train_tokenizer
-from routed.evaluate import evaluate, sweep, windows
+from routed.evaluate import evaluate, sweep
+from routed.inference import routed_ppl
 from routed.model import RoutedTransformer
-from routed.routing import route
 from routed.train import default_threads
-
-
-@torch.no_grad()
-def routed_forward_ppl(model, tokens: torch.Tensor, threshold: float) -> float:
-    """Routed PPL the direct way: a forward pass, the routing rule, the chosen path's NLL."""
-    total, count = 0.0, 0
-    for x, y, _ in windows(tokens, model.config.context_length, 32):
-        chosen, _ = route(model(x, exits=[1, model.config.n_layers]), threshold)
-        total += float(torch.nn.functional.cross_entropy(chosen.flatten(0, 1), y.flatten(), reduction="sum"))
-        count += y.numel()
-    return math.exp(total / count)
 
 
 def main() -> None:
@@ -71,7 +59,7 @@ def main() -> None:
 
     eleven = np.linspace(0.5, 1.0, 11)
     t = time.perf_counter()
-    direct = [routed_forward_ppl(model, tokens, float(th)) for th in eleven]
+    direct = [routed_ppl(model, tokens, float(th), mode="dense")["ppl"] for th in eleven]
     forward_s = time.perf_counter() - t
     from_records = sweep(records, eleven)["routed_ppl"]
     max_rel = float(np.max(np.abs(np.array(direct) - from_records) / from_records))

@@ -155,6 +155,13 @@ def cmd_eval(args) -> int:
     records = records_for_checkpoint(ckpt, args.split, corpus=args.corpus)
     result = summary(records, threshold, args.measure)
     result |= {"checkpoint": str(ckpt.path), "split": args.split, "corpus": args.corpus or ckpt.corpus}
+    if args.mode == "sparse":
+        from routed.data import encode, load_corpus
+        from routed.inference import routed_ppl
+
+        text = load_corpus(args.corpus or ckpt.corpus).split(args.split)
+        sparse = routed_ppl(ckpt.model, encode(ckpt.tokenizer, text), threshold, "sparse")
+        result["sparse_ppl"] = sparse["ppl"]  # deep tokens see propagated states of exited ones
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -163,7 +170,9 @@ def cmd_eval(args) -> int:
         print(f"  exit {layer} PPL      {ppl:10.2f}")
     t = "none (last exit for every token)" if threshold is None else f"{threshold:g} ({args.measure})"
     print(f"  threshold       {t}")
-    print(f"  routed PPL      {result['routed_ppl']:10.2f}")
+    print(f"  routed PPL      {result['routed_ppl']:10.2f}  (dense: every layer runs, as in the notes)")
+    if "sparse_ppl" in result:
+        print(f"  sparse PPL      {result['sparse_ppl']:10.2f}  (deep layers skipped for exited tokens)")
     print(f"  Shallow%        {result['shallow_pct']:10.1f}")
     print(f"  Compute%        {result['compute_pct']:10.1f}")
     print(f"  FLOPs%          {result['flops_pct']:10.1f}")
@@ -288,6 +297,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="PPL of every exit and of the routed model")
     checkpoint_args(p)
+    p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
+                   help="sparse: also run routed execution that really skips layers, and report its PPL")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -26,6 +26,10 @@ from routed.routing import (
 )
 
 
+# Part of the records cache key: bump when records' contents or the text encoding change.
+RECORDS_VERSION = 2
+
+
 def windows(tokens: torch.Tensor, context_length: int, batch_size: int):
     """Yield (inputs, targets, start positions) batches of contiguous windows; the last may be short."""
     n = len(tokens) - 1
@@ -313,7 +317,7 @@ def records_for_checkpoint(checkpoint, split: str = "test", corpus=None, use_cac
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     text = corpus.split(split)
-    path = cache_dir() / "records" / f"{checkpoint.fingerprint}-{corpus.fingerprint}-{split}.npz"
+    path = cache_dir() / "records" / f"v{RECORDS_VERSION}-{checkpoint.fingerprint}-{corpus.fingerprint}-{split}.npz"
     if use_cache and path.exists():
         try:
             return TokenRecords.load(path)

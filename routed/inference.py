@@ -292,3 +292,24 @@ def generate(
             last = _step(model, token, len(ids) - 1 - window_start, cache, threshold, mode, exits, measure)
     result.seconds = time.perf_counter() - start
     return result
+
+
+@torch.no_grad()
+def routed_ppl(model: RoutedTransformer, tokens: torch.Tensor, threshold: float | None, mode: str = "sparse",
+               exits=None, batch_size: int = 32) -> dict:
+    """PPL and exit shares of routed execution over a split (same windows as `evaluate`)."""
+    from routed.evaluate import windows
+
+    exits = _check(model, exits, mode)
+    total, count = 0.0, 0
+    at_exit = {e: 0 for e in exits}
+    for x, y, _ in windows(tokens, model.config.context_length, batch_size):
+        out = routed_forward(model, x, threshold, mode, exits)
+        total += float(F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
+        count += y.numel()
+        for e in exits:
+            at_exit[e] += int((out.exit_layer == e).sum())
+    if count == 0:
+        raise ValueError("tokens: at least two tokens are needed")
+    return {"mode": mode, "ppl": float(torch.tensor(total / count).exp()),
+            "exit_pct": {e: 100.0 * c / count for e, c in at_exit.items()}}
