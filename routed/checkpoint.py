@@ -231,11 +231,19 @@ def checkpoint_path(name: str, root: Path | str | None = None) -> Path:
     return checkpoints_dir(root) / name
 
 
+def _sweep_file(path: Path | str) -> Path:
+    path = Path(path)
+    return path / SWEEP_FILE if path.is_dir() else path
+
+
 def write_sweep(path: Path | str, rows: dict) -> Path:
-    """Write a threshold sweep (the dict of arrays from routed.evaluate.sweep) as `sweep.csv` in folder `path`."""
+    """Write a threshold sweep (the dict of arrays from routed.evaluate.sweep) as CSV, atomically.
+
+    `path` is a checkpoint folder (the file is its sweep.csv) or a file path.
+    """
     import csv
 
-    path = Path(path) / SWEEP_FILE
+    path = _sweep_file(path)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -247,10 +255,12 @@ def write_sweep(path: Path | str, rows: dict) -> Path:
 
 
 def read_sweep(path: Path | str) -> dict | None:
-    """The `sweep.csv` of checkpoint folder `path` as {column: list of floats}, or None when there is none."""
+    """A sweep CSV (a checkpoint folder's sweep.csv, or a file) as {column: array}, or None when there is none."""
     import csv
 
-    path = Path(path) / SWEEP_FILE
+    import numpy as np
+
+    path = _sweep_file(path)
     if not path.is_file():
         return None
     with open(path, newline="", encoding="utf-8") as f:
@@ -266,4 +276,4 @@ def read_sweep(path: Path | str) -> dict | None:
             ) from exc
     if not rows:
         raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has no rows")
-    return {c: [r[c] for r in rows] for c in SWEEP_COLUMNS}
+    return {c: np.array([r[c] for r in rows]) for c in SWEEP_COLUMNS}

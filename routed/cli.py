@@ -201,14 +201,11 @@ def cmd_route(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import csv
-
     from routed.evaluate import records_for_checkpoint, sweep
 
     ckpt = _load(args)
     records = records_for_checkpoint(ckpt, args.split, corpus=args.corpus)
     rows = sweep(records, args.thresholds, args.measure)
-    columns = ["threshold", "routed_ppl", "shallow_pct", "compute_pct", "flops_pct", "shallow_ppl", "deep_ppl", "oracle_ppl"]
     print(f"{ckpt.name} on {args.corpus or ckpt.corpus} ({args.split}), confidence: {args.measure}")
     print("| Threshold | PPL | Shallow% | Compute% | FLOPs% |")
     print("|---|---|---|---|---|")
@@ -222,11 +219,9 @@ def cmd_sweep(args) -> int:
         f"oracle PPL {rows['oracle_ppl'][0]:.2f}"
     )
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for i in range(len(rows["threshold"])):
-                writer.writerow([f"{rows[c][i]:.6g}" for c in columns])
+        from routed.checkpoint import write_sweep
+
+        write_sweep(args.csv, rows)
         print(f"wrote {args.csv}")
     return 0
 

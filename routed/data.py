@@ -74,6 +74,22 @@ def split_by_position(text: str, fractions: tuple[float, float] = (0.9, 0.05), n
     return Corpus(name, text[:a], text[a:b], text[b:])
 
 
+def corpus_available(name: str) -> bool:
+    """Whether load_corpus(name) can work without the network (built in, local copy, cached, or a path)."""
+    local = _data_dir()
+    if name == "python-docs":
+        return True
+    if name in ("wikitext-2", "wikitext-2-v1"):
+        return bool(local and (local / "wikitext-2" / "wiki.train.tokens").exists())
+    if name == "tinyshakespeare":
+        return bool(local and (local / "tinyshakespeare" / "input.txt").exists()) or (
+            cache_dir() / "tinyshakespeare" / "input.txt"
+        ).exists()
+    if name == "tinystories":
+        return bool(local and (local / "tinystories" / "train.txt").exists())
+    return not name.startswith("hf:") and Path(name).exists()
+
+
 def load_corpus(name: str, text_column: str = "text", max_chars: int | None = None) -> Corpus:
     """Train / validation / test text of a corpus by name, `hf:OWNER/NAME[:CONFIG]`, or path.
 

@@ -25,7 +25,6 @@ from routed.routing import (
     multi_exit_pct,
 )
 
-
 # Part of the records cache key: bump when records' contents or the text encoding change.
 RECORDS_VERSION = 2
 
@@ -258,6 +257,25 @@ def sweep_exits(records: TokenRecords, thresholds, exits, propagate_kv: bool = F
               "compute_pct": np.asarray(compute)[unsort], "flops_pct": np.asarray(flops)[unsort]}
     result |= {f"exit_{e}_pct": 100.0 * fracs[e][unsort] for e in exits}
     return result
+
+
+def ppl_at(curve, level: float, x: str = "compute_pct") -> float:
+    """Routed PPL where a sweep's x (Compute% or FLOPs%) equals `level`, linearly interpolated; NaN outside."""
+    xs, ys = np.asarray(curve[x], dtype=float), np.asarray(curve["routed_ppl"], dtype=float)
+    order = np.argsort(xs, kind="stable")
+    if not xs.min() <= level <= xs.max():
+        return float("nan")
+    return float(np.interp(level, xs[order], ys[order]))
+
+
+def pareto_front(cost, ppl) -> np.ndarray:
+    """Boolean mask of the points no other point beats on both cost and PPL (lower is better for both)."""
+    cost, ppl = np.asarray(cost, dtype=float), np.asarray(ppl, dtype=float)
+    order = np.lexsort((ppl, cost))
+    best_before = np.concatenate([[np.inf], np.minimum.accumulate(ppl[order])[:-1]])
+    mask = np.zeros(len(cost), dtype=bool)
+    mask[order] = ppl[order] < best_before - 1e-12
+    return mask
 
 
 def summary(records: TokenRecords, threshold: float | None, measure: str = "max_softmax") -> dict:

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from routed.checkpoint import read_sweep, write_sweep
 from routed.config import PRESETS, ModelConfig, TrainConfig
 from routed.data import encode, load_corpus, load_tokenizer, train_tokenizer
+from routed.evaluate import ppl_at
 
 NOTES_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 ALPHAS = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
@@ -143,7 +145,7 @@ def _run_one(run: Run, seed: int, settings: ReproduceSettings, corpus, tokenizer
     records = evaluate(model, ids["test"])
     grid = np.round(np.linspace(0, 1, 1001), 3)
     curve = sweep(records, grid)
-    _write_sweep_csv(run_dir / "sweep.csv", curve)
+    write_sweep(run_dir / "sweep.csv", curve)
     at_notes = sweep(records, NOTES_THRESHOLDS)
     ppl_by_exit = {str(k): float(np.exp(v.astype(np.float64).mean())) for k, v in records.nll.items()}
     return {
@@ -155,23 +157,6 @@ def _run_one(run: Run, seed: int, settings: ReproduceSettings, corpus, tokenizer
         "at_notes_thresholds": {f"{t:g}": {k: float(at_notes[k][i]) for k in at_notes} for i, t in enumerate(NOTES_THRESHOLDS)},
         "reference": {k: float(curve[k][0]) for k in ("shallow_ppl", "deep_ppl", "oracle_ppl")},
     }
-
-
-SWEEP_COLUMNS = ("threshold", "routed_ppl", "shallow_pct", "compute_pct", "flops_pct", "shallow_ppl", "deep_ppl", "oracle_ppl")
-
-
-def _write_sweep_csv(path: Path, curve: dict) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(SWEEP_COLUMNS)
-        for i in range(len(curve["threshold"])):
-            writer.writerow([f"{curve[c][i]:.6g}" for c in SWEEP_COLUMNS])
-
-
-def read_sweep_csv(path: Path) -> dict[str, np.ndarray]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {c: np.array([float(r[c]) for r in rows]) for c in SWEEP_COLUMNS}
 
 
 def _claim(run_dir: Path) -> bool:
@@ -241,7 +226,7 @@ def load_results(out: Path) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {}
     for path in sorted((out / "runs").glob("*/result.json")):
         result = json.loads(path.read_text())
-        result["curve"] = read_sweep_csv(path.parent / "sweep.csv")
+        result["curve"] = read_sweep(path.parent / "sweep.csv")
         results.setdefault(result["run"], []).append(result)
     return results
 
@@ -253,13 +238,6 @@ def _mean_std(values) -> tuple[float, float]:
 
 def _fmt(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def ppl_at_compute(curve: dict, compute: float, key: str = "compute_pct") -> float:
-    """Routed PPL interpolated at a Compute% (or FLOPs%) level along a threshold sweep."""
-    x, y = curve[key], curve["routed_ppl"]
-    order = np.argsort(x, kind="stable")
-    return float(np.interp(compute, x[order], y[order]))
 
 
 def _model_row(results: dict, name: str) -> dict | None:
@@ -395,7 +373,7 @@ def write_report(out: Path, settings: ReproduceSettings, session_s: float = 0.0)
         row["ppl_at_095_mean"], row["ppl_at_095_std"] = _mean_std([r["at_notes_thresholds"]["0.95"]["routed_ppl"] for r in rs])
         row["compute_at_095_mean"] = _mean_std([r["at_notes_thresholds"]["0.95"]["compute_pct"] for r in rs])[0]
         for c in MATCHED_COMPUTE:
-            row[f"ppl_at_{c:g}pct_mean"], row[f"ppl_at_{c:g}pct_std"] = _mean_std([ppl_at_compute(r["curve"], c) for r in rs])
+            row[f"ppl_at_{c:g}pct_mean"], row[f"ppl_at_{c:g}pct_std"] = _mean_std([ppl_at(r["curve"], c) for r in rs])
         alpha_rows.append(row)
     if alpha_rows:
         lines += ["## 3. Alpha sweep (loss weights {1: alpha, 3: 1 − alpha}, no L2 loss)", "",
@@ -461,12 +439,12 @@ def _verdicts(results: dict, rows: dict) -> list[dict]:
     base = _seed_ppls(rows.get("standard_3l"))
     for name in ("standard_routing", "asymmetric_best"):
         if name in results and base:
-            at65 = [ppl_at_compute(r["curve"], 65.0) for r in results[name]]
+            at65 = [ppl_at(r["curve"], 65.0) for r in results[name]]
             verdict(f"routing ({name}) beats Standard 3L at ~65% compute", at65, base,
                     f"{name} PPL at 65% Compute vs Standard 3L PPL")
     if "asymmetric_best" in results and "standard_routing" in results:
-        a = [ppl_at_compute(r["curve"], 65.0) for r in results["asymmetric_best"]]
-        b = [ppl_at_compute(r["curve"], 65.0) for r in results["standard_routing"]]
+        a = [ppl_at(r["curve"], 65.0) for r in results["asymmetric_best"]]
+        b = [ppl_at(r["curve"], 65.0) for r in results["standard_routing"]]
         verdict("alpha 0.7 beats alpha 0.5 (at matched 65% compute)", a, b, "PPL at 65% Compute, alpha 0.7 vs 0.5")
         verdict("alpha 0.7 beats alpha 0.5 (at threshold .95)", _seed_ppls(rows["asymmetric_best"]),
                 _seed_ppls(rows["standard_routing"]), "PPL at threshold .95, alpha 0.7 vs 0.5")
@@ -474,15 +452,15 @@ def _verdicts(results: dict, rows: dict) -> list[dict]:
         # 'an L2 loss hurts' holds when the model without the L2 loss is better
         verdict("an L2 loss hurts (asymmetric without L2 beats with L2, threshold .95)", _seed_ppls(rows["asymmetric_best"]),
                 _seed_ppls(rows["asymmetric_l2"]), "PPL without vs with L2 loss")
-        a = [ppl_at_compute(r["curve"], 65.0) for r in results["asymmetric_best"]]
-        b = [ppl_at_compute(r["curve"], 65.0) for r in results["asymmetric_l2"]]
+        a = [ppl_at(r["curve"], 65.0) for r in results["asymmetric_best"]]
+        b = [ppl_at(r["curve"], 65.0) for r in results["asymmetric_l2"]]
         verdict("an L2 loss hurts (at matched 65% compute)", a, b, "PPL at 65% Compute without vs with L2 loss")
     if "lpt" in results and rows.get("lpt_routing"):
         level = float(np.mean([s["compute"] for s in rows["lpt_routing"]["seeds"]]))
-        lpt = [ppl_at_compute(r["curve"], level) for r in results["lpt"]]
+        lpt = [ppl_at(r["curve"], level) for r in results["lpt"]]
         for other in ("standard_routing", "asymmetric_best"):
             if other in results:
-                b = [ppl_at_compute(r["curve"], level) for r in results[other]]
+                b = [ppl_at(r["curve"], level) for r in results[other]]
                 verdict(f"LPT routing is more efficient than {other} (at LPT routing's {level:.1f}% compute)", lpt, b,
                         f"PPL at {level:.1f}% Compute, LPT vs {other}")
     for name in ("standard_routing", "lpt"):
@@ -520,7 +498,7 @@ def _plots(out: Path, results: dict, settings: ReproduceSettings) -> None:
     for name, rs in results.items():
         if PRESETS.get(name) is not None and PRESETS[name].routing_threshold is None and name != "lpt":
             continue
-        curves[name] = np.mean([[ppl_at_compute(r["curve"], c) for c in grid] for r in rs], axis=0)
+        curves[name] = np.mean([[ppl_at(r["curve"], c) for c in grid] for r in rs], axis=0)
     points = {name: (100.0 * PRESETS[name].n_layers / 3, float(np.mean(_seed_ppls(_model_row(results, name)))))
               for name in ("standard_1l", "standard_3l") if name in results}
     if not curves and not points:
@@ -533,8 +511,8 @@ def _plots(out: Path, results: dict, settings: ReproduceSettings) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, y in curves.items():
         ax.plot(grid, y, label=name, linewidth=1.5 if name in PRESETS else 0.8)
-    for name, (x, y) in points.items():
-        ax.scatter([x], [y], marker="s", zorder=3, label=name)
+    for (name, (x, y)), marker in zip(points.items(), ("s", "D")):
+        ax.scatter([x], [y], marker=marker, color="black", zorder=3, label=name)  # not a path colour
     ax.set_xlabel("Compute% (layers per token vs 3-layer model)")
     ax.set_ylabel("test PPL (routed)")
     ax.set_title(f"PPL against compute — {settings.corpus}")

@@ -329,3 +329,24 @@ def test_compute_pct_of_a_one_layer_model_does_not_depend_on_the_threshold():
     assert unrouted == pytest.approx(100 / 3)
     for t in (0.0, 0.5, 1.0):
         assert summary(recs, t)["compute_pct"] == pytest.approx(unrouted), t
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    import numpy as np
+
+    from routed.evaluate import pareto_front
+
+    cost = np.array([1.0, 2.0, 3.0, 2.5, 1.0])
+    ppl = np.array([9.0, 5.0, 6.0, 4.0, 10.0])
+    assert pareto_front(cost, ppl).tolist() == [True, True, False, True, False]
+
+
+def test_ppl_at_interpolates_inside_the_curve_and_is_nan_outside():
+    import math
+
+    from routed.evaluate import ppl_at
+
+    curve = {"compute_pct": [40.0, 100.0, 60.0], "routed_ppl": [50.0, 20.0, 40.0]}
+    assert ppl_at(curve, 50.0) == pytest.approx(45.0)
+    assert ppl_at(curve, 80.0) == pytest.approx(30.0)
+    assert math.isnan(ppl_at(curve, 30.0))

@@ -1,0 +1,64 @@
+"""Home: the method in one diagram, the model picker, and the headline numbers at a threshold."""
+
+import pandas as pd
+import streamlit as st
+
+import appkit
+
+st.title("Confidence-routed transformers")
+st.markdown(
+    "Every token runs through layer 1. If the output head is confident enough there, the token **exits** "
+    "(shallow path); otherwise it continues through layers 2 and 3 (deep path). "
+    "**Shallow%** is the share of tokens that exit early; **Compute%** counts layers run per token against a "
+    "3-layer model; **FLOPs%** also counts the output head, which the deep path runs twice."
+)
+st.graphviz_chart(
+    f"""digraph {{
+  rankdir=LR; bgcolor="transparent";
+  node [shape=box, style="rounded,filled", fillcolor="#f0f2f6", fontname="Helvetica", fontsize=11];
+  edge [fontname="Helvetica", fontsize=10];
+  token [label="token"]; l1 [label="layer 1"]; h1 [label="output head"];
+  check [shape=diamond, label="confidence\\n≥ threshold?"];
+  shallow [label="exit: shallow\\n(1 layer)", fillcolor="{appkit.SHALLOW}", fontcolor=white];
+  l23 [label="layers 2, 3"]; h3 [label="output head"];
+  deep [label="exit: deep\\n(3 layers)", fillcolor="{appkit.DEEP}", fontcolor=white];
+  token -> l1 -> h1 -> check;
+  check -> shallow [label="yes", color="{appkit.SHALLOW}", fontcolor="{appkit.SHALLOW}", penwidth=2];
+  check -> l23 [label="no", color="{appkit.DEEP}", fontcolor="{appkit.DEEP}", penwidth=2];
+  l23 -> h3 -> deep [color="{appkit.DEEP}", penwidth=2];
+}}""",
+    width="stretch",
+)
+
+left, right = st.columns(2)
+with left:
+    name = appkit.model_picker("home_model")
+with right:
+    threshold = appkit.threshold_slider("home_threshold")
+
+if name is not None:
+    try:
+        row = appkit.row_at(appkit.curve(name), threshold)
+        rows = {f"{name} (threshold {threshold:.2f})": row, **appkit.baselines()}
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
+    corpus = appkit.config(name)["corpus"]["fingerprint"]
+    others = [
+        k for k, n in appkit.BASELINES.items() if k in rows and appkit.config(n)["corpus"]["fingerprint"] != corpus
+    ]
+    if others:
+        st.warning(f"{' and '.join(others)} used another corpus than {name}: their PPLs are not comparable.")
+    table = pd.DataFrame(rows).T[["routed_ppl", "shallow_pct", "compute_pct", "flops_pct"]]
+    table.columns = ["Routed PPL", "Shallow%", "Compute%", "FLOPs%"]
+    if "Standard 3L" in rows:
+        table["vs Standard 3L"] = (
+            100 * (rows["Standard 3L"]["routed_ppl"] - table["Routed PPL"]) / rows["Standard 3L"]["routed_ppl"]
+        )
+    st.subheader("Headline numbers (test split)")
+    st.dataframe(table.style.format("{:.2f}"))
+    st.caption(
+        f"{name}: shallow-only PPL {row['shallow_ppl']:.2f}, deep-only PPL {row['deep_ppl']:.2f}, "
+        f"oracle (best path per token) {row['oracle_ppl']:.2f}. 'vs Standard 3L' is the PPL improvement in %."
+        + ("" if len(rows) == 3 else " Standard 1L/3L rows appear once checkpoints standard_1l and standard_3l exist.")
+    )

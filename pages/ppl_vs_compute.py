@@ -1,0 +1,77 @@
+"""PPL vs compute: every threshold of every checkpoint, the baselines, the oracle bound and the Pareto front."""
+
+import pandas as pd
+import streamlit as st
+
+import appkit
+
+st.title("PPL vs compute")
+names = appkit.checkpoint_names()
+if not names:
+    st.info("No checkpoints yet: train one on the Train page.")
+    st.stop()
+routed = [n for n in names if n not in appkit.BASELINES.values()] or names
+selected = st.multiselect("Checkpoints", names, default=routed[: len(appkit.MODEL_COLOURS)], key="curve_models")
+left, right = st.columns([2, 1])
+with left:
+    threshold = appkit.threshold_slider("curve_threshold")
+with right:
+    x = "flops_pct" if st.toggle("FLOPs% instead of Compute%", key="curve_flops") else "compute_pct"
+x_name = "FLOPs%" if x == "flops_pct" else "Compute%"
+
+curves, errors = {}, []
+for name in selected:
+    try:
+        curves[name] = appkit.curve(name)
+    except ValueError as exc:
+        errors.append(str(exc))
+try:
+    points = appkit.baselines()
+except ValueError as exc:
+    points = {}
+    errors.append(str(exc))
+if errors:
+    st.error("\n\n".join(errors))
+if not curves:
+    st.stop()
+
+chart = appkit.compute_chart(curves, x, threshold, points)
+st.altair_chart(chart, width="stretch")
+st.caption(
+    f"Lines: routed PPL over all thresholds; filled dots: threshold {threshold:.2f}; dashed: oracle (each token "
+    "takes its better path) — no threshold can go below it; wide grey band: Pareto front; diamonds: Standard 1L/3L."
+)
+st.download_button(
+    "Download chart (HTML)", chart.to_html(), f"ppl_vs_{x}.html", "text/html", key="curve_chart_download"
+)
+
+st.subheader("Quality against alpha")
+level = st.slider(f"{x_name} level", 30.0, 100.0, 65.0, 0.5, key="curve_level")
+rows = []
+for name, frame in curves.items():
+    alpha = appkit.alpha_of(appkit.config(name))
+    ppl = appkit.ppl_at(frame, x, level)
+    if alpha is not None and ppl == ppl:  # NaN: the curve does not reach this level
+        rows.append({"model": name, "alpha": alpha, "routed_ppl": ppl})
+if rows:
+    st.altair_chart(appkit.alpha_chart(pd.DataFrame(rows).sort_values("alpha"), f"{x_name} {level:g}"), width="stretch")
+    st.caption(
+        "alpha = L1 weight / (L1 + last-layer weight) of each checkpoint's loss; PPL interpolated along its curve."
+    )
+else:
+    st.info(f"No selected checkpoint with an L1 and a last-layer loss reaches {x_name} {level:g}.")
+
+st.subheader("Threshold analysis")
+models = list(curves)
+chosen = st.session_state.get("model")
+model = st.selectbox("Model", models, index=models.index(chosen) if chosen in models else 0, key="curve_table_model")
+table = pd.DataFrame([appkit.row_at(curves[model], t) for t in appkit.NOTES_THRESHOLDS])
+table = table[["threshold", "routed_ppl", "shallow_pct", "compute_pct", "flops_pct"]]
+table.columns = ["Threshold", "PPL", "Shallow%", "Compute%", "FLOPs%"]
+st.dataframe(
+    table.style.format({"Threshold": "{:.2f}", "PPL": "{:.2f}"} | {c: "{:.1f}%" for c in table.columns[2:]}),
+    hide_index=True,
+)
+st.download_button(
+    "Download table (CSV)", table.to_csv(index=False), f"{model}_thresholds.csv", "text/csv", key="curve_table_download"
+)
