@@ -286,6 +286,16 @@ def token_html(result, strings: dict, shallow: np.ndarray, threshold: float, mea
     return TOKEN_CSS + legend + '<div class="routed-text">' + "".join(spans) + "</div>"
 
 
+def generated_html(tokens, first_exit: int) -> str:
+    """Generated tokens as escaped HTML spans in the path colours (shade = first-exit confidence)."""
+    spans = []
+    for t in tokens:
+        colour = _rgba(SHALLOW if t.exit_layer == first_exit else DEEP, 0.15 + 0.85 * t.confidence)
+        tip = html.escape(f"{_show(t.text)}: exit at layer {t.exit_layer}, confidence {t.confidence:.3f}")
+        spans.append(f'<span class="tok" style="background:{colour}">{html.escape(t.text)}<span class="tip">{tip}</span></span>')
+    return TOKEN_CSS + '<div class="routed-text">' + "".join(spans) + "</div>"
+
+
 # --------------------------------------------------------------------------------------------
 # Training jobs and corpora
 

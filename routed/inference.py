@@ -244,11 +244,13 @@ def generate(
     seed: int = 0,
     use_cache: bool = True,
     decode=None,
+    on_token=None,
 ) -> Generation:
     """Generate token by token; each token records its exit layer and first-exit confidence.
 
     temperature 0 is greedy. Past the context length the cache is rebuilt from the last half-window.
-    `use_cache=False` recomputes every step from scratch (a reference for tests).
+    `use_cache=False` recomputes every step from scratch (a reference for tests). `decode` turns
+    ids into text; `on_token(GeneratedToken)` is called as each token is produced (streaming).
     """
     check_threshold(threshold)
     exits = _check(model, exits, mode)
@@ -284,6 +286,8 @@ def generate(
         ids.append(token)
         text = decode([token]) if decode else ""
         result.tokens.append(GeneratedToken(token, text, exit_at, conf))
+        if on_token is not None:
+            on_token(result.tokens[-1])
         if len(ids) - window_start > ctx:
             window_start = len(ids) - ctx // 2
             if use_cache:

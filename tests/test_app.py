@@ -158,3 +158,15 @@ def test_training_run_completes_and_becomes_selectable(app_env):
     assert (app_env.checkpoints / "tiny_run" / "config.json").is_file()
     at.switch_page("pages/home.py").run()
     assert "tiny_run" in at.selectbox(key="home_model").options
+
+
+def test_generate_panel_streams_tokens_and_reports_speeds(app_env):
+    at = open_page("pages/token_routing.py")
+    at.text_input(key="gen_prompt").set_value("The <b>tower</b>")
+    at.number_input(key="gen_tokens").set_value(12)
+    at.button(key="gen_run").click().run()
+    assert not at.exception and not errors(at)
+    labels = {m.label: m.value for m in at.metric}
+    assert "Routed (sparse) tokens/s" in labels and "Plain model tokens/s" in labels
+    generated = [h.value for h in at.get("html") if "routed-text" in h.value and "exit at layer" in h.value]
+    assert generated and generated[-1].count('class="tok"') == 12
