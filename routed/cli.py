@@ -245,7 +245,7 @@ def cmd_reproduce(args) -> int:
 
     settings = ReproduceSettings(
         corpus=args.corpus or ("python-docs" if args.quick else "wikitext-2"), seeds=args.seeds, epochs=args.epochs, steps=args.steps, quick=args.quick,
-        alphas=not args.no_alphas,
+        alphas=not args.no_alphas, vocab_size=args.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
     )
     out = Path(args.out)
     reproduce(settings, out)
@@ -325,6 +325,8 @@ def make_parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps", type=int)
     p.add_argument("--quick", action="store_true", help="a minutes-long miniature for smoke tests")
     p.add_argument("--no-alphas", action="store_true", help="skip the alpha sweep")
+    for name in ("vocab-size", "d-model", "n-heads"):
+        p.add_argument(f"--{name}", type=int, help="model size override (default: the default model)")
     p.add_argument("--out", default="reports/reproduction")
     p.add_argument("--export", help="also copy each preset's seed-0 model here (e.g. checkpoints)")
     p.set_defaults(func=cmd_reproduce)

@@ -53,11 +53,14 @@ class ReproduceSettings:
     steps: int | None = None
     quick: bool = False  # a minutes-long miniature: small model, short runs, 2 seeds
     alphas: bool = True
+    vocab_size: int | None = None  # model-size overrides (None: the defaults, or the quick miniature's)
+    d_model: int | None = None
+    n_heads: int | None = None
 
     def model_config(self) -> ModelConfig:
-        if self.quick:
-            return ModelConfig(vocab_size=512, d_model=64, n_heads=2, context_length=64)
-        return ModelConfig()
+        base = ModelConfig(vocab_size=512, d_model=64, n_heads=2, context_length=64) if self.quick else ModelConfig()
+        overrides = {k: v for k, v in (("vocab_size", self.vocab_size), ("d_model", self.d_model), ("n_heads", self.n_heads)) if v}
+        return replace(base, **overrides)
 
     def budget(self) -> dict:
         if self.quick:
@@ -289,6 +292,8 @@ def write_report(out: Path, settings: ReproduceSettings, session_s: float = 0.0)
     command = f"python -m routed reproduce --corpus {settings.corpus} --seeds {settings.seeds}"
     command += " --quick" if settings.quick else (f" --steps {settings.steps}" if settings.steps else f" --epochs {settings.epochs or 1:g}")
     command += "" if settings.alphas else " --no-alphas"
+    for flag, value in (("--vocab-size", settings.vocab_size), ("--d-model", settings.d_model), ("--n-heads", settings.n_heads)):
+        command += f" {flag} {value}" if value else ""
     lines += [
         "# Reproduction of the research notes' tables",
         "",
