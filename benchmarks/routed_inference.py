@@ -70,6 +70,28 @@ def bench_model(label: str, model: RoutedTransformer, batch: torch.Tensor, exits
               f"| {gen_sparse.tokens_per_s:,.1f} ({gen_sparse.tokens_per_s / plain_gen.tokens_per_s:.2f}x) |")
 
 
+def probe_vs_softmax(ckpt, corpus, fit_tokens: int = 200_000) -> None:
+    """Routed PPL at FLOPs levels: max softmax (pays the early head for every token) vs a learned probe."""
+    from routed.data import encode
+    from routed.evaluate import evaluate, ppl_at, probe_training_data, sweep
+    from routed.routing import fit_confidence_probe
+
+    features, correct = probe_training_data(ckpt.model, encode(ckpt.tokenizer, corpus.train[: 6 * fit_tokens])[:fit_tokens])
+    probe = fit_confidence_probe(features, correct)
+    records = evaluate(ckpt.model, encode(ckpt.tokenizer, corpus.test), probe=probe)
+    grid = torch.linspace(0, 1, 1001).numpy()
+    curves = {m: sweep(records, grid, measure=m) for m in ("max_softmax", "probe")}
+    levels = (70, 80, 90, 100, 110, 120)
+    print(f"\n### {ckpt.name}: learned confidence probe (fitted on {len(correct):,} train tokens) vs max softmax, test split")
+    print("| FLOPs% | " + " | ".join(f"PPL with {m}" for m in curves) + " |")
+    print("|---|---|---|")
+    for level in levels:
+        print(f"| {level}% | " + " | ".join(f"{ppl_at(c, level, 'flops_pct'):.2f}" for c in curves.values()) + " |")
+    print("(nan: that FLOPs% is outside the measure's range; deep-only PPL "
+          f"{curves['probe']['deep_ppl'][0]:.2f} at {curves['probe']['flops_pct'][-1]:.1f}% with the probe, "
+          f"{curves['max_softmax']['flops_pct'][-1]:.1f}% with max softmax)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="checkpoints/asymmetric_best")
@@ -92,6 +114,7 @@ def main() -> None:
         batch = ids[: 32 * T].view(32, T)
         bench_model(f"{ckpt.name} (trained, {args.corpus} test text)", ckpt.model, batch, [1, 3], args.repeats,
                     args.new_tokens)
+        probe_vs_softmax(ckpt, load_corpus(args.corpus))
     else:
         print(f"(no checkpoint at {args.checkpoint}; skipping the trained model)")
 

@@ -119,10 +119,13 @@ class TokenRecords:
 
 
 @torch.no_grad()
-def evaluate(model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int = 1, top_k: int = 0) -> TokenRecords:
+def evaluate(
+    model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int = 1, top_k: int = 0, probe=None
+) -> TokenRecords:
     """Per-token records of a split from one forward pass over contiguous windows.
 
-    With top_k > 0 the records also hold each exit's top-k predictions (for inspecting text).
+    With top_k > 0 the records also hold each exit's top-k predictions (for inspecting text); with
+    a ConfidenceProbe, its confidence is the measure "probe".
     """
     model.eval()
     cfg: ModelConfig = model.config
@@ -130,11 +133,14 @@ def evaluate(model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int 
     positions, targets, correct = [], [], []
     nll = {layer: [] for layer in exits}
     layer_conf = {layer: [] for layer in exits}
-    conf = {m: [] for m in CONFIDENCE_MEASURES}
+    conf = {m: [] for m in CONFIDENCE_MEASURES + (("probe",) if probe is not None else ())}
     top_ids = {layer: [] for layer in exits}
     top_probs = {layer: [] for layer in exits}
     for x, y, starts in windows(tokens, cfg.context_length, batch_size):
-        logits = model(x, exits=exits)
+        features = model.exit_features(x, exits=exits)
+        logits = {layer: model.lm_head(h) for layer, h in features.items()}
+        if probe is not None:
+            conf["probe"].append(probe(features[early_exit]).flatten())
         for layer in exits:
             logp = torch.log_softmax(logits[layer].float(), dim=-1)
             nll[layer].append(-logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten())
@@ -143,7 +149,7 @@ def evaluate(model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int 
                 top = logp.topk(top_k, dim=-1)
                 top_ids[layer].append(top.indices.flatten(0, 1))
                 top_probs[layer].append(top.values.exp().flatten(0, 1))
-        for m, values in confidence_measures(logits[early_exit]).items():
+        for m, values in confidence_measures(logits[early_exit]).items():  # the probe's is added above
             conf[m].append(values.flatten())
         correct.append((logits[early_exit].argmax(-1) == y).flatten())
         targets.append(y.flatten())
@@ -167,6 +173,18 @@ def evaluate(model, tokens: torch.Tensor, batch_size: int = 32, early_exit: int 
     )
 
 
+@torch.no_grad()
+def probe_training_data(model, tokens: torch.Tensor, early_exit: int = 1, batch_size: int = 32):
+    """(features, correct) of the early exit over `tokens`: what a ConfidenceProbe is fitted on."""
+    model.eval()
+    feats, correct = [], []
+    for x, y, _ in windows(tokens, model.config.context_length, batch_size):
+        h = model.exit_features(x, exits=[early_exit])[early_exit]
+        feats.append(h.flatten(0, 1))
+        correct.append((model.lm_head(h).argmax(-1) == y).flatten())
+    return torch.cat(feats), torch.cat(correct)
+
+
 def _ppl(mean_nll):
     return np.exp(np.minimum(mean_nll, 50.0))
 
@@ -186,6 +204,7 @@ def sweep(records: TokenRecords, thresholds, measure: str = "max_softmax", route
     if n == 0:
         raise ValueError("records: no tokens to sweep over")
     conf = records.confidence[measure]
+    routed = routed and measure != "probe"  # a probe needs no early head for deep tokens
     order = np.argsort(conf, kind="stable")
     conf_sorted = conf[order].astype(np.float64)
     early_nll = records.nll[records.early_exit][order].astype(np.float64)

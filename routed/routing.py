@@ -40,6 +40,40 @@ def confidence(logits: torch.Tensor, measure: str = "max_softmax") -> torch.Tens
     return confidence_measures(logits)[measure]
 
 
+@dataclass
+class ConfidenceProbe:
+    """A learned confidence: sigmoid(w . h + b) of the early exit's normalised state h.
+
+    Trained to predict whether the early exit's argmax is right, it replaces max softmax without
+    computing the early exit's logits, so deep tokens skip one output head.
+    """
+
+    weight: torch.Tensor  # (C,)
+    bias: torch.Tensor  # ()
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(features.float() @ self.weight + self.bias)
+
+
+def fit_confidence_probe(features: torch.Tensor, correct: torch.Tensor, l2: float = 1e-3, steps: int = 100) -> ConfidenceProbe:
+    """Logistic regression of `correct` (N,) on `features` (N, C), by L-BFGS."""
+    x, y = features.float(), correct.float()
+    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise ValueError("features: need (N, C) features and N labels, N > 0")
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return ConfidenceProbe(w.detach(), b.detach())
+
+
 def check_threshold(threshold: float | None) -> None:
     """Raise ValueError unless threshold is None or a number in [0, 1]."""
     if threshold is None:

@@ -135,3 +135,23 @@ def test_multi_exit_sweep_equals_a_direct_routed_forward(sharp_model):
         for layer in (1, 2, 3):
             share = 100 * float((out.exit_layer == layer).float().mean())
             assert row[f"exit_{layer}_pct"][0] == pytest.approx(share)
+
+
+def test_confidence_probe_ranks_right_predictions_higher_and_skips_the_early_head(tiny_run, tiny_run_corpus):
+    from routed.data import encode
+    from routed.evaluate import evaluate, probe_training_data, sweep
+    from routed.routing import fit_confidence_probe, flops_pct
+
+    model, tok = tiny_run.model, tiny_run.tokenizer
+    features, correct = probe_training_data(model, encode(tok, tiny_run_corpus.train))
+    assert 0 < correct.float().mean() < 1
+    probe = fit_confidence_probe(features, correct)
+    records = evaluate(model, encode(tok, tiny_run_corpus.validation), probe=probe)
+    p = records.confidence["probe"]
+    assert ((p >= 0) & (p <= 1)).all()
+    assert p[records.early_correct].mean() > p[~records.early_correct].mean()
+    rows = sweep(records, [0.0, 1.0], measure="probe")
+    cfg = records.model_config
+    # every token deep: the plain model's FLOPs (no confidence head); every token shallow: one layer + head
+    assert rows["flops_pct"][1] == pytest.approx(flops_pct(0.0, cfg, routed=False))
+    assert rows["flops_pct"][0] == pytest.approx(flops_pct(1.0, cfg))
