@@ -40,6 +40,13 @@ def _thresholds(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"thresholds are comma-separated numbers, got {text!r}") from exc
 
 
+def _exits(text: str) -> list[int]:
+    try:
+        return sorted({int(e) for e in text.split(",") if e.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"exits are comma-separated layer numbers, got {text!r}") from exc
+
+
 def cmd_presets(args) -> int:
     print(f"{'name':<18} {'layers':>6}  {'layer weights':<30} {'threshold':>9}  description")
     for p in PRESETS.values():
@@ -205,24 +212,55 @@ def cmd_sweep(args) -> int:
 
     ckpt = _load(args)
     records = records_for_checkpoint(ckpt, args.split, corpus=args.corpus)
+    if args.exits:
+        return _print_multi_exit(ckpt, records, args)
     rows = sweep(records, args.thresholds, args.measure)
+    sparse = _sparse_ppls(ckpt, args, rows["threshold"]) if args.mode == "sparse" else None
     print(f"{ckpt.name} on {args.corpus or ckpt.corpus} ({args.split}), confidence: {args.measure}")
-    print("| Threshold | PPL | Shallow% | Compute% | FLOPs% |")
-    print("|---|---|---|---|---|")
+    print("| Threshold | PPL | Shallow% | Compute% | FLOPs% |" + (" sparse PPL |" if sparse else ""))
+    print("|---|---|---|---|---|" + ("---|" if sparse else ""))
     for i, t in enumerate(rows["threshold"]):
         print(
             f"| {t:.2f} | {rows['routed_ppl'][i]:.2f} | {rows['shallow_pct'][i]:.1f}% | "
-            f"{rows['compute_pct'][i]:.1f}% | {rows['flops_pct'][i]:.1f}% |"
+            f"{rows['compute_pct'][i]:.1f}% | {rows['flops_pct'][i]:.1f}% |" + (f" {sparse[i]:.2f} |" if sparse else "")
         )
     print(
         f"reference: shallow-only PPL {rows['shallow_ppl'][0]:.2f}, deep-only PPL {rows['deep_ppl'][0]:.2f}, "
         f"oracle PPL {rows['oracle_ppl'][0]:.2f}"
     )
+    if sparse:
+        print("PPL is dense routing (every layer runs); sparse PPL skips the deep layers for exited tokens.")
     if args.csv:
         from routed.checkpoint import write_sweep
 
         write_sweep(args.csv, rows)
         print(f"wrote {args.csv}")
+    return 0
+
+
+def _sparse_ppls(ckpt, args, thresholds, exits=None) -> list[float]:
+    """PPL of sparse execution at each threshold (one routed pass each: sparse PPL is not a sweep)."""
+    from routed.data import encode, load_corpus
+    from routed.inference import routed_ppl
+
+    tokens = encode(ckpt.tokenizer, load_corpus(args.corpus or ckpt.corpus).split(args.split))
+    return [routed_ppl(ckpt.model, tokens, float(t), "sparse", exits)["ppl"] for t in thresholds]
+
+
+def _print_multi_exit(ckpt, records, args) -> int:
+    from routed.evaluate import sweep_exits
+
+    rows = sweep_exits(records, args.thresholds, args.exits, propagate_kv=args.mode == "sparse")
+    exits = sorted(int(k[5:-4]) for k in rows if k.startswith("exit_"))
+    sparse = _sparse_ppls(ckpt, args, rows["threshold"], exits) if args.mode == "sparse" else None
+    print(f"{ckpt.name} on {args.corpus or ckpt.corpus} ({args.split}); exits {exits}, max-softmax confidence")
+    head = " | ".join(f"exit {e}%" for e in exits)
+    print(f"| Threshold | PPL | {head} | Compute% | FLOPs% |" + (" sparse PPL |" if sparse else ""))
+    print("|---|---|" + "---|" * len(exits) + "---|---|" + ("---|" if sparse else ""))
+    for i, t in enumerate(rows["threshold"]):
+        shares = " | ".join(f"{rows[f'exit_{e}_pct'][i]:.1f}%" for e in exits)
+        print(f"| {t:.2f} | {rows['routed_ppl'][i]:.2f} | {shares} | {rows['compute_pct'][i]:.1f}% | "
+              f"{rows['flops_pct'][i]:.1f}% |" + (f" {sparse[i]:.2f} |" if sparse else ""))
     return 0
 
 
@@ -308,6 +346,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--thresholds", type=_thresholds, default=[0.5, 0.7, 0.8, 0.9, 0.95])
     p.add_argument("--csv", help="also write the rows to this CSV file")
+    p.add_argument("--exits", type=_exits, help='multi-exit routing, e.g. "1,2,3": leave at the first confident exit')
+    p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
+                   help="sparse: also run layer-skipping execution at each threshold and report its PPL")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("calibrate", help="pick a threshold on validation, report it on test")

@@ -176,6 +176,30 @@ def test_sweep_writes_csv(workspace, tmp_path, capsys):
     assert shallow[0] == 100.0 and shallow == sorted(shallow, reverse=True)
 
 
+def _table_rows(out: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+
+
+def test_sweep_sparse_mode_reports_sparse_ppl_equal_to_dense_at_the_extremes(workspace, capsys):
+    _, checkpoint = workspace
+    assert main(["sweep", "--checkpoint", str(checkpoint), "--thresholds", "0,1", "--mode", "sparse"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert len(rows) == 2
+    for row in rows:  # all shallow, then all deep: the two executions are the same computation
+        assert float(row[1]) == pytest.approx(float(row[5]), rel=1e-4)
+
+
+def test_sweep_with_three_exits_prints_each_exit_share(workspace, capsys):
+    _, checkpoint = workspace
+    assert main(["sweep", "--checkpoint", str(checkpoint), "--thresholds", "0,0.3,1", "--exits", "1,2,3"]) == 0
+    out = capsys.readouterr().out
+    assert "| Threshold | PPL | exit 1% | exit 2% | exit 3% | Compute% | FLOPs% |" in out
+    rows = _table_rows(out)
+    for row in rows:
+        assert sum(float(c.rstrip("%")) for c in row[2:5]) == pytest.approx(100.0, abs=0.2)
+    assert rows[0][2] == "100.0%" and rows[-1][4] == "100.0%"
+
+
 def test_calibrate_prints_json(workspace, capsys):
     _, checkpoint = workspace
     assert main(["calibrate", "--checkpoint", str(checkpoint), "--target-compute", "90"]) == 0
