@@ -113,6 +113,13 @@ def save_checkpoint(
     return path
 
 
+def save_trained(path: Path | str, result, extra: dict | None = None) -> Path:
+    """Save a routed.train.TrainResult (its best weights, tokenizer, configs and history)."""
+    extra = {**(extra or {}), "best_step": result.best_step, "stopped_early": result.stopped_early}
+    return save_checkpoint(path, result.model, result.tokenizer, result.train_config, result.corpus_name,
+                           result.corpus_fingerprint, result.history, extra=extra)
+
+
 def read_config(path: Path | str) -> dict:
     """The parsed config.json of a checkpoint folder, checked for the fields this version needs."""
     path = Path(path)

@@ -104,7 +104,7 @@ def build_configs(args) -> tuple[ModelConfig, TrainConfig]:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from routed.checkpoint import save_checkpoint
+    from routed.checkpoint import save_trained
     from routed.data import load_corpus
     from routed.train import train
 
@@ -124,16 +124,7 @@ def cmd_train(args) -> int:
 
     result = train(model_config, train_config, corpus, on_progress=on_progress)
     bar.close()
-    path = save_checkpoint(
-        args.out,
-        result.model,
-        result.tokenizer,
-        result.train_config,
-        result.corpus_name,
-        result.corpus_fingerprint,
-        result.history,
-        extra={"preset": args.preset, "best_step": result.best_step, "stopped_early": result.stopped_early},
-    )
+    path = save_trained(args.out, result, extra={"preset": args.preset})
     last = result.history[-1] if result.history else {}
     print(f"saved {path} (best step {result.best_step}{', stopped early' if result.stopped_early else ''})")
     if last:

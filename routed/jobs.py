@@ -102,7 +102,7 @@ class JobQueue:
 
 def run_job(job: TrainJob) -> TrainJob:
     """Train and save one job, recording progress and the outcome on it (never raises)."""
-    from routed.checkpoint import save_checkpoint
+    from routed.checkpoint import save_trained
     from routed.train import train
 
     job.status = "running"
@@ -124,17 +124,7 @@ def run_job(job: TrainJob) -> TrainJob:
         if result.cancelled:
             job.status = "cancelled"
         else:
-            extra = {**job.extra, "best_step": result.best_step, "stopped_early": result.stopped_early}
-            save_checkpoint(
-                job.out,
-                result.model,
-                result.tokenizer,
-                result.train_config,
-                result.corpus_name,
-                result.corpus_fingerprint,
-                result.history,
-                extra=extra,
-            )
+            save_trained(job.out, result, extra=job.extra)
             job.status = "done"
     except (ValueError, OSError) as exc:  # CorpusError and CheckpointError are ValueErrors
         job.error, job.status = str(exc), "failed"

@@ -119,7 +119,7 @@ def _prepare(settings: ReproduceSettings, out: Path):
 
 
 def _run_one(run: Run, seed: int, settings: ReproduceSettings, corpus, tokenizer, ids, run_dir: Path, log) -> dict:
-    from routed.checkpoint import load_checkpoint, save_checkpoint
+    from routed.checkpoint import load_checkpoint, save_trained
     from routed.evaluate import evaluate, sweep
     from routed.train import train
 
@@ -140,9 +140,7 @@ def _run_one(run: Run, seed: int, settings: ReproduceSettings, corpus, tokenizer
     result = train(model_config, train_config, corpus, tokenizer=tokenizer,
                    encoded=(ids["train"], ids["validation"]), on_progress=on_progress)
     train_s = time.perf_counter() - start
-    save_checkpoint(run_dir / "checkpoint", result.model, tokenizer, result.train_config, result.corpus_name,
-                    result.corpus_fingerprint, result.history,
-                    extra={"preset": run.name, "best_step": result.best_step, "stopped_early": result.stopped_early})
+    save_trained(run_dir / "checkpoint", result, extra={"preset": run.name})
     # Evaluate the saved (fp16-rounded) weights: the numbers describe the checkpoint users get.
     model = load_checkpoint(run_dir / "checkpoint").model
     records = evaluate(model, ids["test"])
