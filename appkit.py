@@ -419,7 +419,10 @@ def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, poi
     )
     base = pd.DataFrame([{**p, "model": label} for label, p in points.items()], columns=[x, "routed_ppl", "model"])
     front = pareto_front(pd.concat([lines[[x, "routed_ppl"]], base[[x, "routed_ppl"]]]), x, "routed_ppl")
-    y = alt.Y("routed_ppl:Q", title="routed PPL (test)", scale=alt.Scale(type="log", zero=False))
+    values = pd.concat([lines["routed_ppl"], base["routed_ppl"], oracle["routed_ppl"]])
+    pad = 0.03 * (values.max() - values.min() or values.max())
+    domain = [float(values.min() - pad), float(values.max() + pad)]  # fit the data: differences are small
+    y = alt.Y("routed_ppl:Q", title="routed PPL (test)", scale=alt.Scale(zero=False, nice=False, domain=domain))
     xe = alt.X(f"{x}:Q", title=AXES[x], scale=alt.Scale(zero=False))
     tip = [
         "model",

@@ -5,10 +5,12 @@ import streamlit as st
 import appkit
 from routed.routing import CONFIDENCE_MEASURES
 
+# In the style of WikiText-2 (the shipped models' corpus): spaced punctuation, @-@ for hyphens.
 DEFAULT_TEXT = (
-    "The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
-    "structure in Paris. Its base is square, measuring 125 metres on each side. During its construction, "
-    "the Eiffel Tower surpassed the Washington Monument to become the tallest man-made structure in the world."
+    "The town is located on the east bank of the river , about 40 miles ( 64 km ) north of the capital . "
+    "It was founded in the 12th century and became an important centre of trade during the following years . "
+    "In 1920 , the population of the town was 5 @,@ 000 , and it was connected to the railway network in the "
+    "same year . The church of St. Mary , built in the Gothic style , is one of the oldest buildings in the region ."
 )
 
 st.title("Token routing")
