@@ -402,6 +402,8 @@ def write_report(out: Path, settings: ReproduceSettings, session_s: float = 0.0)
     if (out / "ppl_vs_compute.png").exists():
         lines += ["## Plots", "", "![PPL against Compute%](ppl_vs_compute.png)", "",
                   "Interactive: `ppl_vs_compute.html`.", ""]
+    if (out.parent / "regimes.md").exists():
+        lines += [f"Other regimes tried (where small models are more confident): [{out.parent.name}/regimes.md](../regimes.md).", ""]
     lines += [f"Wall time of the last reproduce invocation: {session_s / 60:.1f} min.", ""]
     path = out / "report.md"
     tmp = path.with_name(f".report.md.{os.getpid()}")
