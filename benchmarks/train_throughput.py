@@ -60,7 +60,7 @@ def train_speed(cfg: ModelConfig, weights: dict, bf16: bool, steps: int, batch_s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="asymmetric_best")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seconds", type=float, default=60.0, help="cap per measurement")
     args = parser.parse_args()

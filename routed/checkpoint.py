@@ -94,6 +94,7 @@ def save_checkpoint(
         **(extra or {}),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is readable like any saved file
     try:
         _fsync_write(tmp / "model.safetensors", weights)
         _fsync_write(tmp / "tokenizer.json", tokenizer.to_str().encode("utf-8"))
