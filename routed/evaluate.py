@@ -20,13 +20,14 @@ from routed.routing import (
     CONFIDENCE_MEASURES,
     check_threshold,
     compute_pct,
+    confidence,
     confidence_measures,
     flops_pct,
     multi_exit_pct,
 )
 
 # Part of the records cache key: bump when records' contents or the text encoding change.
-RECORDS_VERSION = 2
+RECORDS_VERSION = 3
 
 
 def windows(tokens: torch.Tensor, context_length: int, batch_size: int):
@@ -144,7 +145,7 @@ def evaluate(
         for layer in exits:
             logp = torch.log_softmax(logits[layer].float(), dim=-1)
             nll[layer].append(-logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten())
-            layer_conf[layer].append(logp.amax(-1).exp().flatten())
+            layer_conf[layer].append(confidence(logits[layer]).flatten())
             if top_k:
                 top = logp.topk(top_k, dim=-1)
                 top_ids[layer].append(top.indices.flatten(0, 1))

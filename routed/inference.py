@@ -106,12 +106,15 @@ def routed_forward(
             q_pos = q_pos.clamp(min=0)  # padded queries attend to position 0 only; discarded below
             h = x[b_idx, t_idx] + _attend(block, normed, gathered, k, v, q_pos)[b_idx, slot[b_idx, t_idx]]
             h = h + block.mlp(block.ln2(h))
-            x = x.clone()
-            x[b_idx, t_idx] = h
+            x[b_idx, t_idx] = h  # x is this pass's own tensor: update the going tokens in place
         if layer in exits and mode != "plain":
             if layer == n:
-                logits = model.head(x)
-                out_logits = logits if out_logits is None else torch.where(active.unsqueeze(-1), logits, out_logits)
+                if out_logits is None:
+                    out_logits = model.head(x)
+                elif mode == "sparse":  # the last head only for the tokens that got here
+                    out_logits[active] = model.head(x[active])
+                else:
+                    out_logits = torch.where(active.unsqueeze(-1), model.head(x), out_logits)
                 break
             logits = model.head(x)
             conf = confidence(logits, measure)

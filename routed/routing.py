@@ -22,12 +22,13 @@ def confidence_measures(logits: torch.Tensor) -> dict[str, torch.Tensor]:
     max_softmax: the top probability (the notes' measure). margin: top-1 minus top-2 probability.
     neg_entropy: negative entropy rescaled to [0, 1] as 1 - H / log(V) (same order as -H).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
     p = logp.exp()
     top2 = p.topk(2, dim=-1).values
     entropy = -(p * logp).sum(-1)
     return {
-        "max_softmax": top2[..., 0],
+        "max_softmax": _max_softmax(logits),
         "margin": top2[..., 0] - top2[..., 1],
         "neg_entropy": 1.0 - entropy / math.log(logits.shape[-1]),
     }
@@ -37,7 +38,14 @@ def confidence(logits: torch.Tensor, measure: str = "max_softmax") -> torch.Tens
     """One confidence measure of logits (..., V) -> (...,)."""
     if measure not in CONFIDENCE_MEASURES:
         raise ValueError(f"measure: unknown confidence measure {measure!r}; choose one of {CONFIDENCE_MEASURES}")
+    if measure == "max_softmax":  # the routing hot path: no full softmax kept
+        return _max_softmax(logits.float())
     return confidence_measures(logits)[measure]
+
+
+def _max_softmax(logits: torch.Tensor) -> torch.Tensor:
+    # One expression everywhere, so that sweeps over stored confidences and live routing agree bit for bit.
+    return (logits.amax(-1) - torch.logsumexp(logits, -1)).exp()
 
 
 @dataclass
