@@ -473,6 +473,14 @@ def _verdicts(results: dict, rows: dict) -> list[dict]:
             hi = [r["at_notes_thresholds"]["0.95"]["routed_ppl"] for r in results[name]]
             lo = [r["at_notes_thresholds"]["0.5"]["routed_ppl"] for r in results[name]]
             verdict(f"a higher threshold gives a better PPL ({name}: .95 vs .5)", hi, lo, "PPL at .95 vs at .5")
+    for name in ("standard_routing", "asymmetric_best", "lpt_routing"):
+        if rows.get(name):  # Compute% counts layers only; FLOPs% also counts the output head(s)
+            flops = [s["flops"] for s in rows[name]["seeds"]]
+            compute = [s["compute"] for s in rows[name]["seeds"]]
+            out.append({"claim": f"routing ({name}, threshold {PRESETS[name].routing_threshold:g}) saves arithmetic",
+                        "verdict": "held" if max(flops) < 100 else "not held",
+                        "evidence": f"Compute% {np.mean(compute):.1f} but FLOPs% {np.mean(flops):.1f} of the plain 3-layer "
+                                    f"model (n={len(flops)})"})
     if rows.get("asymmetric_best") and rows.get("standard_1l") and base:
         verdict("the best routed model beats Standard 1L", _seed_ppls(rows["asymmetric_best"]),
                 _seed_ppls(rows["standard_1l"]), "asymmetric_best at .95 vs Standard 1L")
