@@ -401,6 +401,11 @@ AXES = {
 }
 
 
+def _thin(curve: pd.DataFrame, max_points: int = 200) -> pd.DataFrame:
+    step = -(-len(curve) // max_points)
+    return curve if step <= 1 else pd.concat([curve.iloc[::step], curve.iloc[[-1]]]).drop_duplicates()
+
+
 def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, points: dict[str, dict]):
     """Routed PPL against Compute%/FLOPs% per checkpoint: curve, point at `threshold`, oracle bound,
     baseline points, and the Pareto front over everything drawn."""
@@ -409,6 +414,9 @@ def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, poi
     models = list(curves)
     colour = alt.Color("model:N", scale=alt.Scale(domain=models, range=MODEL_COLOURS), title="checkpoint")
     lines = pd.concat([f.assign(model=m) for m, f in curves.items()], ignore_index=True)
+    front = pareto_front(lines[[x, "routed_ppl"]], x, "routed_ppl")  # from every threshold, before thinning
+    # Draw at most ~200 points per curve: enough for the eye, and under Altair's 5,000-row limit for many models.
+    lines = pd.concat([_thin(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
     marks = pd.DataFrame([{**row_at(f, threshold), "model": m} for m, f in curves.items()])
     oracle = pd.DataFrame(
         [
@@ -418,7 +426,7 @@ def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, poi
         ]
     )
     base = pd.DataFrame([{**p, "model": label} for label, p in points.items()], columns=[x, "routed_ppl", "model"])
-    front = pareto_front(pd.concat([lines[[x, "routed_ppl"]], base[[x, "routed_ppl"]]]), x, "routed_ppl")
+    front = pareto_front(pd.concat([front, base[[x, "routed_ppl"]]]), x, "routed_ppl")
     values = pd.concat([lines["routed_ppl"], base["routed_ppl"], oracle["routed_ppl"]])
     pad = 0.03 * (values.max() - values.min() or values.max())
     domain = [float(values.min() - pad), float(values.max() + pad)]  # fit the data: differences are small

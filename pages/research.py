@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import appkit
+from routed.reproduce import report_path
 
 TABLES = {
     "final_ranking.csv": "Final ranking: the notes against our runs (mean ± std over seeds)",
@@ -59,9 +60,10 @@ for file, title in TABLES.items():
             st.error(f"{file}: cannot be read ({exc})")
 for plot in sorted(folder.glob("*.png")):
     st.image(str(plot), caption=plot.name)
-if (folder / "report.md").is_file():
-    with st.expander("report.md", expanded=not shown):  # its images are shown above
-        st.markdown(re.sub(r"!\[[^\]]*\]\([^)]*\)", "", (folder / "report.md").read_text(encoding="utf-8")))
+report = report_path(folder)
+if report.is_file():
+    with st.expander(report.name, expanded=not shown):  # its images are shown above
+        st.markdown(re.sub(r"!\[[^\]]*\]\([^)]*\)", "", report.read_text(encoding="utf-8")))
 elif not shown:
     st.info(
         f"No tables in `{folder}` yet. Produce them with `python -m routed reproduce` (every preset over 3 seeds; "

@@ -281,6 +281,11 @@ def compare(a, b, lower_is_better: bool = True) -> str:
     return "better" if (diff < 0) == lower_is_better else "worse"
 
 
+def report_path(out: Path) -> Path:
+    """The report sits beside its folder (reports/reproduction -> reports/reproduction.md) and links into it."""
+    return out.parent / f"{out.name}.md"
+
+
 def write_report(out: Path, settings: ReproduceSettings, session_s: float = 0.0) -> Path:
     results = load_results(out)
     lines: list[str] = []
@@ -400,13 +405,14 @@ def write_report(out: Path, settings: ReproduceSettings, session_s: float = 0.0)
     lines += _regime_lines(results)
     _plots(out, results, settings)
     if (out / "ppl_vs_compute.png").exists():
-        lines += ["## Plots", "", "![PPL against Compute%](ppl_vs_compute.png)", "",
-                  "Interactive: `ppl_vs_compute.html`.", ""]
+        lines += ["## Plots", "", f"![PPL against Compute%]({out.name}/ppl_vs_compute.png)", "",
+                  f"Interactive: `{out.name}/ppl_vs_compute.html`. Tables as CSV: `{out.name}/*.csv`.", ""]
     if (out.parent / "regimes.md").exists():
-        lines += [f"Other regimes tried (where small models are more confident): [{out.parent.name}/regimes.md](../regimes.md).", ""]
-    lines += [f"Wall time of the last reproduce invocation: {session_s / 60:.1f} min.", ""]
-    path = out / "report.md"
-    tmp = path.with_name(f".report.md.{os.getpid()}")
+        lines += ["Other regimes tried (where small models are more confident): [regimes.md](regimes.md).", ""]
+    if session_s:
+        lines += [f"Wall time of the last reproduce invocation: {session_s / 60:.1f} min.", ""]
+    path = report_path(out)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text("\n".join(lines), encoding="utf-8")
     tmp.replace(path)  # several processes may write the report: each write is whole
     return path

@@ -71,7 +71,7 @@ def tiny_world(tmp_path_factory) -> SimpleNamespace:
     reports.mkdir()
     for file, text in REPORT_TABLES.items():
         (reports / file).write_text(text, encoding="utf-8")
-    (reports / "report.md").write_text("# Reproduction\n\nTiny report for tests.\n", encoding="utf-8")
+    (root / "reports.md").write_text("# Reproduction\n\nTiny report for tests.\n", encoding="utf-8")
     return SimpleNamespace(root=root, checkpoints=checkpoints, corpus=corpus_path, reports=reports)
 
 

@@ -170,3 +170,41 @@ def test_generate_panel_streams_tokens_and_reports_speeds(app_env):
     assert "Routed (sparse) tokens/s" in labels and "Plain model tokens/s" in labels
     generated = [h.value for h in at.get("html") if "routed-text" in h.value and "exit at layer" in h.value]
     assert generated and generated[-1].count('class="tok"') == 12
+
+
+@pytest.fixture
+def shipped_env(monkeypatch, tmp_path):
+    """The app as a fresh clone shows it: the shipped checkpoints and the committed reproduction report."""
+    import streamlit as st
+
+    root = Path(APP).parent
+    monkeypatch.setenv("ROUTED_CHECKPOINTS_DIR", str(root / "checkpoints"))
+    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(root / "reports" / "reproduction"))
+    monkeypatch.setenv("ROUTED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(root)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+def test_shipped_checkpoints_give_every_preset_real_numbers(shipped_env):
+    from routed.config import PRESETS
+
+    at = open_page("pages/home.py")
+    assert not errors(at)
+    assert sorted(at.selectbox(key="home_model").options) == sorted(PRESETS)
+    at.selectbox(key="home_model").set_value("asymmetric_best").run()
+    row = at.dataframe[0].value.iloc[0]
+    assert 1 < row["Routed PPL"] < 1000 and 0 < row["Shallow%"] < 100
+    at.switch_page("pages/ppl_vs_compute.py").run()  # reads the shipped sweeps, no forward pass needed
+    assert not at.exception and not errors(at)
+
+
+def test_research_page_renders_the_committed_report(shipped_env):
+    at = open_page("pages/research.py")
+    assert not errors(at)
+    ranking = at.dataframe[0].value
+    assert {"standard_3l", "standard_1l", "asymmetric_best"} <= set(ranking["model"])
+    assert (ranking["ppl_mean"] > 1).all()

@@ -6,7 +6,7 @@ import pytest
 
 from routed.checkpoint import list_checkpoints, load_checkpoint, read_sweep
 from routed.config import PRESETS
-from routed.reproduce import ReproduceSettings, compare, export_checkpoints, reproduce
+from routed.reproduce import ReproduceSettings, compare, export_checkpoints, report_path, reproduce
 from tests.helpers import repetitive_text
 
 
@@ -32,7 +32,7 @@ def test_every_preset_is_trained_for_each_seed_and_lpt_routing_shares_lpt(reprod
 
 def test_report_has_every_table_with_error_bars_and_verdicts(reproduced):
     _, out, _ = reproduced
-    report = (out / "report.md").read_text()
+    report = report_path(out).read_text()
     for heading in ("Final ranking", "Threshold analysis: standard_routing", "Threshold analysis: lpt", "claims, checked", "Regime"):
         assert heading in report
     assert "±" in report  # two seeds give a standard deviation
