@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import html
 import os
+import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +155,7 @@ def _curve(name: str, stamp: int) -> pd.DataFrame | str:
     from routed.evaluate import records_for_checkpoint, sweep
 
     try:
+        config(name)  # a checkpoint this version cannot read shows no curve either
         rows = read_sweep(checkpoint_path(name))
     except (ValueError, OSError) as exc:
         return f"{name}: {exc}"
@@ -258,15 +261,33 @@ def _show(token: str) -> str:
     return repr(token)  # quoted, so spaces and newlines are visible
 
 
-def token_html(result, strings: dict, shallow: np.ndarray, threshold: float, measure: str) -> str:
-    """The text as escaped HTML spans: colour = path, shade = confidence, tooltip = the numbers."""
+# Control characters (but tab, newline, CR) are invisible or dropped in HTML, and bidi overrides
+# would reorder the text after them: the heatmap shows them as escapes, e.g. \x00 or \u202e.
+_HIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _text(token: str) -> str:
+    """A token as HTML text: escaped, its hidden characters made visible."""
+    return html.escape(_HIDDEN.sub(lambda m: repr(m.group())[1:-1], token))
+
+
+HEATMAP_TOKENS = 5_000  # tokens drawn in a heatmap; more make a page of tens of MB
+
+
+def token_html(
+    result, strings: dict, shallow: np.ndarray, threshold: float, measure: str, max_tokens: int = HEATMAP_TOKENS
+) -> str:
+    """The text as escaped HTML spans: colour = path, shade = confidence, tooltip = the numbers.
+
+    Only the first `max_tokens` tokens are drawn (say so beside it when len(result.tokens) is larger).
+    """
     rec = result.records
     conf = rec.confidence[measure]
     exits = [(rec.early_exit, "shallow"), (rec.final_exit, "deep")]
     spans = [
-        f'<span class="tok ctx">{html.escape(result.tokens[0])}<span class="tip">first token: context only</span></span>'
+        f'<span class="tok ctx">{_text(result.tokens[0])}<span class="tip">first token: context only</span></span>'
     ]
-    for i, token in enumerate(result.tokens[1:]):
+    for i, token in enumerate(result.tokens[1:max_tokens]):
         path = "shallow" if shallow[i] else "deep"
         lines = [f"{_show(token)!s}: {path} path, {measure} {conf[i]:.3f} {'≥' if shallow[i] else '<'} {threshold:.2f}"]
         for layer, label in exits:
@@ -277,7 +298,7 @@ def token_html(result, strings: dict, shallow: np.ndarray, threshold: float, mea
         colour = _rgba(SHALLOW if shallow[i] else DEEP, 0.15 + 0.85 * float(conf[i]))
         tip = html.escape("\n".join(lines))
         spans.append(
-            f'<span class="tok {path}" style="background:{colour}">{html.escape(token)}<span class="tip">{tip}</span></span>'
+            f'<span class="tok {path}" style="background:{colour}">{_text(token)}<span class="tip">{tip}</span></span>'
         )
     legend = (
         f'<div class="routed-legend"><span style="background:{_rgba(SHALLOW, 0.8)}">shallow (exit after layer 1)</span>'
@@ -292,7 +313,7 @@ def generated_html(tokens, first_exit: int) -> str:
     for t in tokens:
         colour = _rgba(SHALLOW if t.exit_layer == first_exit else DEEP, 0.15 + 0.85 * t.confidence)
         tip = html.escape(f"{_show(t.text)}: exit at layer {t.exit_layer}, confidence {t.confidence:.3f}")
-        spans.append(f'<span class="tok" style="background:{colour}">{html.escape(t.text)}<span class="tip">{tip}</span></span>')
+        spans.append(f'<span class="tok" style="background:{colour}">{_text(t.text)}<span class="tip">{tip}</span></span>')
     return TOKEN_CSS + '<div class="routed-text">' + "".join(spans) + "</div>"
 
 
@@ -314,20 +335,27 @@ MAX_UPLOAD_MB = 20  # as server.maxUploadSize in .streamlit/config.toml
 def save_upload(filename: str, data: bytes) -> str:
     """Check an uploaded corpus (size, UTF-8) and store it in the cache; its path names the corpus."""
     import hashlib
-    import re
 
     from routed.data import cache_dir
 
     if len(data) > MAX_UPLOAD_MB * 2**20:
         raise ValueError(f"upload: {filename} is {len(data) / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB")
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"upload: {filename} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if "\x00" in text:  # valid UTF-8, but no text file holds NUL bytes
+        raise ValueError(f"upload: {filename} looks like a binary file (it holds NUL bytes), not text")
+    if not text.strip():
+        raise ValueError(f"upload: {filename} holds no text")
     stem = re.sub(r"[^\w.-]+", "_", Path(filename).stem).strip("._") or "upload"
     path = cache_dir() / "uploads" / hashlib.sha256(data).hexdigest()[:16] / f"{stem}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    # Users uploading the same file share this path: write a private copy and rename it into place, so a
+    # run already reading the file never sees it truncated.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
     return str(path)
 
 

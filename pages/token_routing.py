@@ -19,7 +19,8 @@ with left:
     name = appkit.model_picker("routing_model")
 with right:
     other = appkit.model_picker("routing_compare", "Compare with (optional)", state="compare_model", optional=True)
-text = st.text_area("Text", DEFAULT_TEXT, height=130, max_chars=20_000, key="routing_text")
+# Long texts are cut into context windows (said below the numbers); the limit keeps a page responsive.
+text = st.text_area("Text", DEFAULT_TEXT, height=130, max_chars=200_000, key="routing_text")
 left, right = st.columns([2, 1])
 with left:
     threshold = appkit.threshold_slider("routing_threshold")
@@ -46,7 +47,15 @@ def panel(name: str) -> None:
     cols[2].metric("Deep-only PPL", f"{row['deep_ppl']:.2f}")
     context = result.records.model_config.context_length
     if result.windows > 1:
-        st.caption(f"{result.windows} windows of {context} tokens: each token sees only the tokens of its own window.")
+        st.caption(
+            f"{len(result.tokens):,} tokens, more than the context of {context}: the text was cut into "
+            f"{result.windows:,} windows; each token sees only the tokens of its own window."
+        )
+    if len(result.tokens) > appkit.HEATMAP_TOKENS:
+        st.caption(
+            f"The heatmap shows the first {appkit.HEATMAP_TOKENS:,} of {len(result.tokens):,} tokens; "
+            "the numbers and the histogram cover them all."
+        )
     st.html(appkit.token_html(result, strings, shallow, threshold, measure))
     st.altair_chart(
         appkit.confidence_histogram(result.records.confidence[measure], shallow, threshold, measure), width="stretch"
@@ -74,7 +83,10 @@ with st.expander("Generate: routed execution that really skips the deep layers",
     mode = cols[1].selectbox("Mode", ["sparse", "dense"], key="gen_mode", help="sparse skips layers for exited tokens")
     temperature = cols[2].number_input("Temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.1, key="gen_temperature")
     top_k = cols[3].number_input("Top-k (0 = all)", 0, 1000, 0, key="gen_top_k")
-    if st.button("Generate", key="gen_run") and prompt.strip():
+    clicked = st.button("Generate", key="gen_run")
+    if clicked and not prompt.strip():
+        st.error("Enter a prompt to generate from.")
+    if clicked and prompt.strip():
         from routed.data import decode, encode
         from routed.inference import generate
 

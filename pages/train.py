@@ -72,18 +72,17 @@ if submitted:
         else:
             layers = int(n_layers)
             weights = {1: alpha, layers: 1 - alpha} if layers > 1 else {1: 1.0}
-            weights |= {2: l2} if l2 > 0 and layers > 2 else {}
+            if l2 > 0 and layers == 2:
+                raise ValueError("layer_weights: L2 is the last layer of a 2-layer model (weight 1−α); set the L2 weight to 0")
+            weights |= {2: l2} if l2 > 0 else {}  # in a 1-layer model, check_model names the missing layer
             model_config = ModelConfig(n_layers=layers, **size)
             train_config = TrainConfig(
                 layer_weights=weights, routing_threshold=threshold if routing else None, **common
             )
         train_config.check_model(model_config)
         name = name or f"{preset if mode == 'preset' else 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        out = checkpoint_path(name)
-        if out.exists() or any(j.name == name and j.active for j in queue.jobs()):
-            raise ValueError(f"checkpoint name: {name!r} is already taken; choose another name")
         extra = {"preset": preset if mode == "preset" else None}
-        queue.submit(TrainJob(model_config, train_config, corpus_path(), out, extra=extra))
+        queue.submit(TrainJob(model_config, train_config, corpus_path(), checkpoint_path(name), extra=extra))
         st.success(f"Queued {name}.")
     except ValueError as exc:  # CorpusError and CheckpointError included
         st.error(str(exc))

@@ -5,6 +5,7 @@ Written atomically (a temporary folder, then renamed into place); read without u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,10 +76,9 @@ def save_checkpoint(
     from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The head is tied to the embedding: store the shared tensor once.
     tensors = {
-        k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"
+        k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"
     }
     weights = save(tensors, metadata={"format": "pt"})
     config = {
@@ -93,25 +93,62 @@ def save_checkpoint(
         "fingerprint": hashlib.sha256(weights).hexdigest()[:16],
         **(extra or {}),
     }
+    return write_folder(path, {
+        "model.safetensors": weights,
+        "tokenizer.json": tokenizer.to_str().encode("utf-8"),
+        "history.json": json.dumps(history or [], indent=1).encode("utf-8"),
+        "config.json": json.dumps(config, indent=2).encode("utf-8"),  # last: a folder with a config is complete
+    })
+
+
+def write_folder(path: Path, files: dict[str, bytes]) -> Path:
+    """Replace folder `path` whole by one holding `files`, so that a crash at any moment (even SIGKILL)
+    leaves either the old folder or the new one, and two writers of the same name never mix their files.
+
+    Files are written and fsynced in a private temporary folder beside `path`, then swapped in under an
+    exclusive lock on the parent folder.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is readable like any saved file
     try:
-        _fsync_write(tmp / "model.safetensors", weights)
-        _fsync_write(tmp / "tokenizer.json", tokenizer.to_str().encode("utf-8"))
-        _fsync_write(tmp / "history.json", json.dumps(history or [], indent=1).encode("utf-8"))
-        # config.json last: a folder with a config is complete.
-        _fsync_write(tmp / "config.json", json.dumps(config, indent=2).encode("utf-8"))
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "previous")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        for name, data in files.items():
+            _fsync_write(tmp / name, data)
+        with _folder_lock(path.parent):
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.replace(path, old / "previous")
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive flock on a folder; the kernel releases it when the holder exits, even by SIGKILL."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _recover(path: Path) -> None:
+    """After a crash between the two renames of `write_folder`, put the previous folder back."""
+    if path.exists() or not any(path.parent.glob(f".{path.name}.old-*/previous")):
+        return
+    with _folder_lock(path.parent):  # no writer is between its renames while we hold it
+        for old in path.parent.glob(f".{path.name}.old-*/previous"):
+            if not path.exists():
+                os.replace(old, path)
 
 
 def save_trained(path: Path | str, result, extra: dict | None = None) -> Path:
@@ -124,6 +161,7 @@ def save_trained(path: Path | str, result, extra: dict | None = None) -> Path:
 def read_config(path: Path | str) -> dict:
     """The parsed config.json of a checkpoint folder, checked for the fields this version needs."""
     path = Path(path)
+    _recover(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a folder")
     missing = [f for f in FILES[:3] if not (path / f).is_file()]
@@ -285,3 +323,46 @@ def read_sweep(path: Path | str) -> dict | None:
     if not rows:
         raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has no rows")
     return {c: np.array([r[c] for r in rows]) for c in SWEEP_COLUMNS}
+
+
+# --------------------------------------------------------------------------------------------
+# Training state, for resuming an interrupted run: tensors in safetensors, the rest in JSON
+
+
+def train_state_path(checkpoint: Path | str) -> Path:
+    """Where a run that saves to `checkpoint` keeps its resumable state: a hidden folder beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / f".{checkpoint.name}.resume"
+
+
+def save_train_state(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict, tokenizer) -> Path:
+    """Write the training state atomically (see `write_folder`): a crash keeps the previous state."""
+    from safetensors.torch import save
+
+    weights = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    return write_folder(Path(path), {
+        "state.safetensors": weights,
+        "tokenizer.json": tokenizer.to_str().encode("utf-8"),
+        "state.json": json.dumps({"format_version": FORMAT_VERSION, **meta}).encode("utf-8"),
+    })
+
+
+def load_train_state(path: Path | str):
+    """(tensors, meta, tokenizer) of a saved training state, or None when there is none."""
+    from safetensors.torch import load
+
+    from routed.data import load_tokenizer
+
+    path = Path(path)
+    _recover(path)
+    if not (path / "state.json").is_file():
+        return None
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        tensors = load((path / "state.safetensors").read_bytes())
+        tokenizer = load_tokenizer(path / "tokenizer.json")
+    except Exception as exc:  # OSError, JSON and safetensors errors; tokenizers raises a bare Exception
+        raise CheckpointError(f"training state {str(path)!r} cannot be read ({exc}); delete it to start afresh") from exc
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"training state {str(path)!r} was written by a newer routed; delete it to start afresh")
+    return tensors, meta, tokenizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,9 +19,12 @@ def _layer_weights(text: str) -> dict[int, float]:
         if not sep:
             raise argparse.ArgumentTypeError(f"layer weights are LAYER:WEIGHT pairs, got {part!r}")
         try:
-            weights[int(layer)] = float(weight)
+            layer, weight = int(layer), float(weight)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"bad layer weight {part!r}") from exc
+        if layer in weights:
+            raise argparse.ArgumentTypeError(f"layer {layer} is given twice in {text!r}")
+        weights[layer] = weight
     return weights
 
 
@@ -35,9 +39,12 @@ def _threshold(text: str) -> float | str:
 
 def _thresholds(text: str) -> list[float]:
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"thresholds are comma-separated numbers, got {text!r}") from exc
+    if not values:  # an empty table would have no reference row to print
+        raise argparse.ArgumentTypeError(f"thresholds: give at least one number in [0, 1], got {text!r}")
+    return values
 
 
 def _exits(text: str) -> list[int]:
@@ -104,7 +111,7 @@ def build_configs(args) -> tuple[ModelConfig, TrainConfig]:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from routed.checkpoint import save_trained
+    from routed.checkpoint import save_trained, train_state_path
     from routed.data import load_corpus
     from routed.train import train
 
@@ -122,10 +129,21 @@ def cmd_train(args) -> int:
         bar.set_postfix(postfix)
         bar.refresh()
 
-    result = train(model_config, train_config, corpus, on_progress=on_progress)
+    state = train_state_path(args.out)  # saved at every validation, so that --resume can continue
+    if args.resume and not (state / "state.json").is_file():
+        print(f"nothing to resume in {state}: starting from step 0", file=sys.stderr)
+    result = train(model_config, train_config, corpus, on_progress=on_progress, device=args.device,
+                   state_dir=state, resume=args.resume)
     bar.close()
-    path = save_trained(args.out, result, extra={"preset": args.preset})
+    if result.rank != 0:  # under torchrun, rank 0 alone writes the checkpoint
+        return 0
+    path = save_trained(args.out, result, extra={"preset": args.preset, "processes": result.world})
     last = result.history[-1] if result.history else {}
+    if result.diverged:
+        print(f"error: training stopped: {result.diverged}; saved the last good weights "
+              f"(best validation at step {result.best_step}) to {path}", file=sys.stderr)
+        return 1
+    shutil.rmtree(state, ignore_errors=True)  # finished: nothing left to resume
     print(f"saved {path} (best step {result.best_step}{', stopped early' if result.stopped_early else ''})")
     if last:
         print("validation PPL by exit:", {k: round(v, 2) for k, v in last["val_ppl"].items()})
@@ -309,6 +327,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_threshold, help="routing threshold to store (or 'none')")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast only on CPUs with bf16 units)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command from its last validation")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.set_defaults(func=cmd_train)
 

@@ -28,8 +28,8 @@ class ModelConfig:
                 _fail(name, f"must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
             _fail("d_model", f"{self.d_model} is not divisible by n_heads={self.n_heads}")
-        if not (0.0 <= self.dropout < 1.0):
-            _fail("dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            _fail("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
 
     @property
     def head_dim(self) -> int:
@@ -69,30 +69,33 @@ class TrainConfig:
         self.layer_weights = _parse_layer_weights(self.layer_weights)
         t = self.routing_threshold
         if t is not None:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t) or not 0 <= t <= 1:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t or not 0 <= t <= 1:
                 _fail("routing_threshold", f"must be a number in [0, 1] or None, got {t!r}")
             self.routing_threshold = float(t)
         if self.epochs is None:
             _positive_int("steps", self.steps)
-        elif isinstance(self.epochs, bool) or not (
-            isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0
-        ):
+        elif not (_finite(self.epochs) and self.epochs > 0):
             _fail("epochs", f"must be a positive number, got {self.epochs!r}")
         for name in ("batch_size", "eval_interval", "eval_tokens"):
             _positive_int(name, getattr(self, name))
         lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        if not (_finite(lr) and lr > 0):
             _fail("learning_rate", f"must be a positive number, got {lr!r}")
         for name in ("warmup_steps",):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 _fail(name, f"must be a non-negative integer, got {value!r}")
         for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if not (_finite(value) and value >= 0):
                 _fail(name, f"must be a non-negative number, got {value!r}")
-        if not (0 <= self.min_lr_ratio <= 1):
-            _fail("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not (_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1):
+            _fail("min_lr_ratio", f"must be a number in [0, 1], got {self.min_lr_ratio!r}")
+        # torch seeds are 64-bit; a bad seed or flag would otherwise fail only once training starts
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and -(2**63) <= self.seed < 2**64):
+            _fail("seed", f"must be a 64-bit integer, got {self.seed!r}")
+        if not isinstance(self.bf16, bool):
+            _fail("bf16", f"must be true or false, got {self.bf16!r}")
         if self.patience is not None:
             _positive_int("patience", self.patience)
 
@@ -120,6 +123,15 @@ class TrainConfig:
         return cls(**_known_fields(cls, data, "training config"))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    # ints are finite, and math.isfinite would overflow on a huge one
+    return _is_number(value) and (isinstance(value, int) or math.isfinite(value))
+
+
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         _fail(name, f"must be a positive integer, got {value!r}")
@@ -133,7 +145,9 @@ def _parse_layer_weights(weights) -> dict[int, float]:
         try:
             layer_int = int(layer)
             weight_f = float(weight)
-        except (TypeError, ValueError):
+            if isinstance(layer, float) and layer != layer_int:
+                raise ValueError("a fractional layer")  # 1.7 is no layer, rather than silently layer 1
+        except (TypeError, ValueError, OverflowError):
             _fail("layer_weights", f"entry {layer!r}: {weight!r} is not layer (int): weight (number)")
         if layer_int < 1:
             _fail("layer_weights", f"layers are numbered from 1, got {layer!r}")
@@ -146,8 +160,10 @@ def _parse_layer_weights(weights) -> dict[int, float]:
 
 
 def _known_fields(cls, data: dict, what: str) -> dict:
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: must be a mapping of field names to values, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=repr)  # keys need not be strings, nor comparable
     if unknown:
         raise ValueError(f"{what}: unknown field(s) {unknown}")
     return {k: v for k, v in data.items() if k in names}

@@ -98,6 +98,9 @@ def load_corpus(name: str, text_column: str = "text", max_chars: int | None = No
     """
     if not isinstance(name, str) or not name.strip():
         raise CorpusError(f"corpus: empty corpus name; choose one of {', '.join(BUILTIN_CORPORA)} or a path")
+    if max_chars is not None and (not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars <= 0):
+        # a negative cap would silently drop the end of the text (train[:-5])
+        raise CorpusError(f"max_chars: must be a positive number of characters, got {max_chars!r}")
     name = name.strip()
     if name == "python-docs":
         corpus = python_docs_corpus()
@@ -321,6 +324,38 @@ def decode(tokenizer, ids) -> str:
 def token_strings(tokenizer, ids) -> list[str]:
     """The text of each token on its own (a token may hold part of a multi-byte character)."""
     return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def _byte_values() -> dict[str, int]:
+    """The byte-level alphabet (GPT-2's bytes_to_unicode, as the ByteLevel pre-tokenizer uses): char -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+
+
+_BYTE_VALUES = _byte_values()
+
+
+def token_texts(tokenizer, ids) -> list[str]:
+    """The text of each token of a sequence, so that "".join(token_texts(...)) == decode(ids).
+
+    A character split over several tokens (emoji, CJK, ...) goes whole to the token that completes
+    it; the tokens before get "". (token_strings would give each part as U+FFFD.)
+    """
+    import codecs
+
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    texts = []
+    for i in ids:
+        piece = tokenizer.id_to_token(int(i))
+        try:
+            data = bytes(_BYTE_VALUES[c] for c in piece)
+        except (KeyError, TypeError):  # not a byte-level token: its own text
+            data = tokenizer.decode([int(i)]).encode("utf-8")
+        texts.append(utf8.decode(data))
+    if texts:
+        texts[-1] += utf8.decode(b"", final=True)
+    return texts
 
 
 def load_tokenizer(path: Path | str):

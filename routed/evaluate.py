@@ -46,14 +46,23 @@ def windows(tokens: torch.Tensor, context_length: int, batch_size: int):
 
 
 @torch.no_grad()
-def exit_losses(model, tokens: torch.Tensor, exits, batch_size: int = 32, bf16: bool = False) -> dict[int, float]:
-    """Mean cross-entropy (nats/token) of each exit over `tokens`."""
+def exit_nll_sums(
+    model, tokens: torch.Tensor, exits, batch_size: int = 32, bf16: bool = False, shard: tuple[int, int] = (0, 1)
+) -> tuple[dict[int, float], int]:
+    """Summed cross-entropy (nats) of each exit over `tokens`, and the number of tokens predicted.
+
+    `shard` (rank, world size) takes every world-th batch of windows, so processes can split the work.
+    """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     sums = {layer: 0.0 for layer in exits}
     count = 0
-    for x, y, _ in windows(tokens, model.config.context_length, batch_size):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    for i, (x, y, _) in enumerate(windows(tokens, model.config.context_length, batch_size)):
+        if i % shard[1] != shard[0]:
+            continue
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x, exits=exits)
         for layer in exits:
             sums[layer] += float(
@@ -61,6 +70,12 @@ def exit_losses(model, tokens: torch.Tensor, exits, batch_size: int = 32, bf16: 
             )
         count += y.numel()
     model.train(was_training)
+    return sums, count
+
+
+def exit_losses(model, tokens: torch.Tensor, exits, batch_size: int = 32, bf16: bool = False) -> dict[int, float]:
+    """Mean cross-entropy (nats/token) of each exit over `tokens`."""
+    sums, count = exit_nll_sums(model, tokens, exits, batch_size, bf16)
     return {layer: s / count for layer, s in sums.items()}
 
 
@@ -330,6 +345,9 @@ def threshold_for(
     """
     if (target_compute is None) == (max_ppl_increase is None):
         raise ValueError("threshold_for: give exactly one of target_compute or max_ppl_increase")
+    for name, value in (("target_compute", target_compute), ("max_ppl_increase", max_ppl_increase)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
+            raise ValueError(f"{name}: must be a number, got {value!r}")
     t = np.linspace(0.0, 1.0, grid)
     s = sweep(records, t, measure)
     if target_compute is not None:
@@ -375,7 +393,7 @@ def records_for_checkpoint(checkpoint, split: str = "test", corpus=None, use_cac
 class RoutedText:
     """A text routed token by token: the predicted tokens' records and their strings."""
 
-    tokens: list[str]  # every token of the text; token 0 has no prediction (nothing precedes it)
+    tokens: list[str]  # every token of the text (joined: the text); token 0 has no prediction
     records: TokenRecords  # rows for tokens 1..n-1
     windows: int  # context windows the text was cut into
     threshold: float | None
@@ -389,17 +407,25 @@ class RoutedText:
 
 
 def route_text(model, tokenizer, text: str, threshold: float | None, measure: str = "max_softmax", top_k: int = 5) -> RoutedText:
-    """Route every token of `text`; long texts are cut into context windows (see `windows`)."""
-    from routed.data import encode, token_strings
+    """Route every token of `text`; long texts are cut into context windows (see `windows`).
+
+    Lone surrogates (from undecodable bytes, e.g. in a command line) are routed as U+FFFD.
+    """
+    import re
+
+    from routed.data import encode, token_texts
 
     check_threshold(threshold)
     if measure not in CONFIDENCE_MEASURES:
         raise ValueError(f"measure: unknown confidence measure {measure!r}; choose one of {CONFIDENCE_MEASURES}")
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str):
+        raise ValueError(f"text: must be a string, got {type(text).__name__}")
+    if not text.strip():
         raise ValueError("text: nothing to route; enter some text")
+    text = re.sub("[\ud800-\udfff]", "\ufffd", text)  # the tokenizer takes valid Unicode only
     ids = encode(tokenizer, text)
     if len(ids) < 2:
         raise ValueError("text: at least two tokens are needed (the first token is only context)")
     records = evaluate(model, ids, top_k=top_k)
     n_windows = math.ceil((len(ids) - 1) / model.config.context_length)
-    return RoutedText(token_strings(tokenizer, ids), records, n_windows, threshold, measure)
+    return RoutedText(token_texts(tokenizer, ids), records, n_windows, threshold, measure)

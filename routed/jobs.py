@@ -74,7 +74,10 @@ class JobQueue:
         self.on_finish = on_finish
 
     def submit(self, job: TrainJob) -> TrainJob:
-        with self._lock:
+        """Queue a job; a ValueError if its checkpoint folder exists or an active job will write it."""
+        with self._lock:  # checked and claimed in one step, so two users cannot both take one name
+            if job.out.exists() or any(j.out == job.out and j.active for j in self._jobs):
+                raise ValueError(f"checkpoint name: {job.name!r} is already taken; choose another name")
             self._jobs.append(job)
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="routed-train", daemon=True)
@@ -123,6 +126,10 @@ def run_job(job: TrainJob) -> TrainJob:
         )
         if result.cancelled:
             job.status = "cancelled"
+        elif result.diverged:  # the last good weights are saved, but the run is not a success
+            save_trained(job.out, result, extra=job.extra)
+            job.error = f"training stopped: {result.diverged}; the last good weights were saved"
+            job.status = "failed"
         else:
             save_trained(job.out, result, extra=job.extra)
             job.status = "done"

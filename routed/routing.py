@@ -86,7 +86,7 @@ def check_threshold(threshold: float | None) -> None:
     """Raise ValueError unless threshold is None or a number in [0, 1]."""
     if threshold is None:
         return
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold != threshold:
         raise ValueError(f"threshold: must be a number in [0, 1], got {threshold!r}")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold: must be in [0, 1], got {threshold!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from routed.config import ModelConfig, TrainConfig
 from routed.data import Corpus, CorpusError, encode, load_corpus, train_tokenizer
-from routed.evaluate import exit_losses
+from routed.evaluate import exit_nll_sums
 from routed.model import RoutedTransformer
 
 
@@ -128,6 +129,9 @@ class TrainResult:
     best_step: int = 0
     stopped_early: bool = False
     cancelled: bool = False
+    diverged: str | None = None  # why training stopped on a non-finite loss or gradient
+    rank: int = 0  # this process's rank under torchrun (only rank 0 saves)
+    world: int = 1  # the number of processes that trained it
 
 
 class WindowSampler:
@@ -153,6 +157,68 @@ class WindowSampler:
         rows = torch.stack([self.tokens[s : s + self.ctx + 1] for s in starts.tolist()])
         return rows[:, :-1], rows[:, 1:]
 
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"sampler.rng": self.generator.get_state(), "sampler.order": self._order.clone()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(tensors["sampler.rng"])
+        self._order = tensors["sampler.order"]
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """`name` ("cpu", "cuda", "cuda:1", "mps") when given, else the first of cuda, mps, cpu available."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name in (None, "", "auto"):
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: {name!r} is not a device (cpu, cuda, cuda:N, mps or auto)") from exc
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps_ok}
+    if not available.get(device.type, False):
+        raise ValueError(f"device: {name!r} is not available on this machine (cpu, cuda, cuda:N, mps or auto)")
+    return device
+
+
+def _start_distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether we started the process group) under torchrun; (0, 1, ...) otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, device, False
+    import torch.distributed as dist
+
+    if device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, started
+
+
+def _all_reduce(values: list[float], world: int) -> list[float]:
+    """Element-wise sum over the processes of a distributed run (identity for one process)."""
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class _ExitLoss(torch.nn.Module):
+    """The universal loss as a module, so that DistributedDataParallel can wrap it and sync gradients."""
+
+    def __init__(self, model: RoutedTransformer, layer_weights: dict[int, float]):
+        super().__init__()
+        self.model, self.layer_weights = model, layer_weights
+
+    def forward(self, inputs, targets):
+        return weighted_exit_loss(self.model, inputs, targets, self.layer_weights)[0]
+
+
+
 
 def train(
     model_config: ModelConfig,
@@ -163,18 +229,33 @@ def train(
     encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: str | torch.device | None = "cpu",
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train a routed transformer; returns the best weights (by validation loss) and the history.
+    """Train a routed transformer; returns the best weights (by validation loss, on the CPU) and the history.
 
     `tokenizer` (trained on the corpus when None) and `encoded` (train, validation token ids made
     with that tokenizer) let many runs share one tokenization. `on_progress` is called after every
     step; `should_stop` is polled every step (cancellation). Same configs and seeds give identical
-    results on CPU.
+    results on CPU. `device` None picks cuda, then mps, then cpu. Under torchrun the global batch is
+    split over the processes (DistributedDataParallel) and validation is gathered from all of them.
+    With `state_dir`, the full training state is saved there (atomically) at every validation, and
+    `resume` continues from it: the result is the same as an uninterrupted run's. A non-finite loss
+    or gradient stops training before it touches the weights (`TrainResult.diverged` says why).
     """
+    from routed.checkpoint import load_train_state, save_train_state
+
     train_config.check_model(model_config)
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     torch.set_num_threads(default_threads())
+    rank, world, device, started_group = _start_distributed(pick_device(device))
+    if train_config.batch_size % world:
+        raise ValueError(f"batch_size: {train_config.batch_size} cannot be split evenly over {world} processes")
+    saved = load_train_state(state_dir) if (resume and state_dir is not None) else None
+    if saved is not None:
+        tokenizer = saved[2]
     if tokenizer is None:
         tokenizer = train_tokenizer(corpus.train, model_config.vocab_size)
     model_config = replace(model_config, vocab_size=tokenizer.get_vocab_size())
@@ -195,7 +276,7 @@ def train(
         total_steps = train_config.steps
 
     torch.manual_seed(train_config.seed)
-    model = RoutedTransformer(model_config)
+    model = RoutedTransformer(model_config).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -206,17 +287,43 @@ def train(
     sampler = WindowSampler(train_ids, model_config.context_length, train_config.batch_size, train_config.seed)
     trained = train_config.trained_exits
     all_exits = list(range(1, model_config.n_layers + 1))
+    loss_module = _ExitLoss(model, train_config.layer_weights)
+    if world > 1:
+        loss_module = torch.nn.parallel.DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=max(trained) < model_config.n_layers,  # deeper blocks get no gradient
+        )
+    rows = slice(rank * train_config.batch_size // world, (rank + 1) * train_config.batch_size // world)
 
     result = TrainResult(
-        model, tokenizer, model_config, train_config, corpus.name, corpus.fingerprint, history=[]
+        model, tokenizer, model_config, train_config, corpus.name, corpus.fingerprint, history=[], rank=rank, world=world
     )
     best_loss, best_state, bad_evals = math.inf, None, 0
-    start = time.perf_counter()
-    running = None
+    first_step, running, elapsed_before = 1, None, 0.0
+    identity = {"model": model_config.to_dict(), "train": train_config.to_dict(), "corpus": corpus.fingerprint,
+                "world": world}
+    if saved is not None:
+        tensors, meta, _ = saved
+        differs = [k for k in identity if json.loads(json.dumps(identity[k])) != meta.get(k)]
+        if differs:
+            raise ValueError(f"resume: the state saved in {str(state_dir)!r} is for another run "
+                             f"(its {', '.join(differs)} differ); drop --resume or delete that folder")
+        model.load_state_dict(_with_tied_head({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}))
+        if any(k.startswith("best.") for k in tensors):
+            best_state = _with_tied_head({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+        optimizer.load_state_dict(_optimizer_state(optimizer, tensors))
+        sampler.load_state(tensors)
+        torch.set_rng_state(tensors["torch.rng"])
+        first_step, running, elapsed_before = meta["step"] + 1, meta["running"], meta["elapsed_s"]
+        best_loss, bad_evals, result.best_step = meta["best_loss"], meta["bad_evals"], meta["best_step"]
+        result.history = [{**h, "val_ppl": {int(k): v for k, v in h["val_ppl"].items()}} for h in meta["history"]]
+    start = time.perf_counter() - elapsed_before
 
     def validate(step: int, train_loss: float) -> dict:
         nonlocal best_loss, best_state, bad_evals
-        ce = exit_losses(model, val_ids, all_exits, bf16=train_config.bf16)
+        sums, count = exit_nll_sums(model, val_ids, all_exits, bf16=train_config.bf16, shard=(rank, world))
+        *sums, count = _all_reduce([sums[k] for k in all_exits] + [count], world)
+        ce = {layer: s / count for layer, s in zip(all_exits, sums)}
         val_loss = sum(train_config.layer_weights.get(k, 0.0) * ce[k] for k in trained) / sum(
             train_config.layer_weights[k] for k in trained
         )
@@ -234,9 +341,19 @@ def train(
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad_evals += 1
+        if state_dir is not None and rank == 0:
+            tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+            tensors |= {f"best.{k}": v for k, v in (best_state or {}).items() if k != "lm_head.weight"}
+            tensors |= {f"adam.{i}.{name}": t for i, st in optimizer.state_dict()["state"].items() for name, t in st.items()}
+            tensors |= sampler.state() | {"torch.rng": torch.get_rng_state()}
+            meta = {**identity, "step": step, "running": train_loss, "elapsed_s": record["elapsed_s"],
+                    "best_loss": best_loss, "bad_evals": bad_evals, "best_step": result.best_step,
+                    "history": result.history}
+            save_train_state(state_dir, tensors, meta, tokenizer)
         return record
 
-    for step in range(1, total_steps + 1):
+    step = first_step - 1
+    for step in range(first_step, total_steps + 1):
         if should_stop is not None and should_stop():
             result.cancelled = True
             break
@@ -244,30 +361,38 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step - 1, train_config, total_steps)
         x, y = sampler.next_batch()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train_config.bf16):
-            loss, _ = weighted_exit_loss(model, x, y, train_config.layer_weights)
+        x, y = x[rows].to(device), y[rows].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_config.bf16):
+            loss = loss_module(x, y)
+        loss_value = _all_reduce([float(loss.detach())], world)[0] / world
+        if not math.isfinite(loss_value):
+            result.diverged = f"the training loss is {loss_value} at step {step}"
+            break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if train_config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        # The norm is needed anyway to catch a non-finite gradient before it reaches the weights.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip or math.inf)
+        if not math.isfinite(float(grad_norm)):
+            result.diverged = f"the gradient norm is {float(grad_norm)} at step {step}"
+            break
         optimizer.step()
 
-        loss_value = float(loss.detach())
         running = loss_value if running is None else 0.95 * running + 0.05 * loss_value
         elapsed = time.perf_counter() - start
         record = None
         if step % train_config.eval_interval == 0 or step == total_steps:
             record = validate(step, running)
         if on_progress is not None:
+            done = step - first_step + 1
             on_progress(
                 Progress(
                     step=step,
                     total_steps=total_steps,
                     train_loss=running,
                     learning_rate=optimizer.param_groups[0]["lr"],
-                    tokens_per_s=step * tokens_per_step / max(elapsed, 1e-9),
+                    tokens_per_s=done * tokens_per_step / max(elapsed - elapsed_before, 1e-9),
                     elapsed_s=elapsed,
-                    eta_s=elapsed / step * (total_steps - step),
+                    eta_s=(elapsed - elapsed_before) / done * (total_steps - step),
                     validation=record,
                 )
             )
@@ -275,9 +400,27 @@ def train(
             result.stopped_early = True
             break
 
-    if best_state is None and result.cancelled and step > 1:
-        validate(step - 1, running if running is not None else math.nan)
+    if best_state is None and (result.cancelled or result.diverged) and step > 1:
+        validate(step - 1, running if running is not None else math.nan)  # the weights are the last good ones
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    if started_group:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    model.cpu().eval()
     return result
+
+
+def _with_tied_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {**state, "lm_head.weight": state["tok_emb.weight"]}  # the head is the embedding, stored once
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> dict:
+    """An optimizer state_dict rebuilt from the flat `adam.{param index}.{name}` tensors of a saved state."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}

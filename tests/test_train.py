@@ -238,12 +238,12 @@ def test_early_stopping_returns_the_weights_of_the_best_validation(tiny_run, tin
 
     scripted, snapshots = iter([3.0, 2.0, 2.5, 2.4, 1.0]), []
 
-    def fake_exit_losses(model, tokens, exits, bf16=False):
+    def fake_exit_nll_sums(model, tokens, exits, bf16=False, shard=(0, 1)):
         snapshots.append(copy.deepcopy(model.state_dict()))
         value = next(scripted)
-        return {layer: value for layer in exits}
+        return {layer: 10 * value for layer in exits}, 10
 
-    monkeypatch.setattr(routed.train, "exit_losses", fake_exit_losses)
+    monkeypatch.setattr(routed.train, "exit_nll_sums", fake_exit_nll_sums)
     config = tiny_train_config(patience=2, eval_interval=5)
     result = train(tiny_run.model_config, config, tiny_run_corpus, tokenizer=tiny_run.tokenizer)
     assert result.stopped_early
