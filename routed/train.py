@@ -42,7 +42,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
             norm = probs.sum(dim=-1, keepdim=True)
             total += (norm.log() + peak - target_logit).sum(dtype=torch.float64)  # CE = logsumexp - target
             probs.div_(norm)
-            probs[torch.arange(len(t)), t] -= 1.0  # d(CE)/d(logits) = softmax - onehot
+            probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(CE)/d(logits) = softmax - onehot
             probs = probs.to(hidden.dtype)
             grad_hidden[i : i + chunk_rows] = probs @ weight
             grad_weight.addmm_(probs.T, h)
@@ -314,6 +314,8 @@ def train(
         optimizer.load_state_dict(_optimizer_state(optimizer, tensors))
         sampler.load_state(tensors)
         torch.set_rng_state(tensors["torch.rng"])
+        if device.type == "cuda" and "cuda.rng" in tensors:
+            torch.cuda.set_rng_state(tensors["cuda.rng"], device)
         first_step, running, elapsed_before = meta["step"] + 1, meta["running"], meta["elapsed_s"]
         best_loss, bad_evals, result.best_step = meta["best_loss"], meta["bad_evals"], meta["best_step"]
         result.history = [{**h, "val_ppl": {int(k): v for k, v in h["val_ppl"].items()}} for h in meta["history"]]
@@ -346,6 +348,8 @@ def train(
             tensors |= {f"best.{k}": v for k, v in (best_state or {}).items() if k != "lm_head.weight"}
             tensors |= {f"adam.{i}.{name}": t for i, st in optimizer.state_dict()["state"].items() for name, t in st.items()}
             tensors |= sampler.state() | {"torch.rng": torch.get_rng_state()}
+            if device.type == "cuda":  # dropout on the GPU draws from its own generator
+                tensors["cuda.rng"] = torch.cuda.get_rng_state(device)
             meta = {**identity, "step": step, "running": train_loss, "elapsed_s": record["elapsed_s"],
                     "best_loss": best_loss, "bad_evals": bad_evals, "best_step": result.best_step,
                     "history": result.history}

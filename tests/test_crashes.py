@@ -165,19 +165,24 @@ def test_two_writers_of_one_name_never_mix_their_files(tmp_path):
 # Non-finite loss
 
 
+def poison_loss(monkeypatch, at_call: int, factor: float) -> None:
+    """Multiply the training loss by `factor` (NaN, inf) at its `at_call`-th computation."""
+    real, calls = routed.train.weighted_exit_loss, []
+
+    def poisoned(model, inputs, targets, layer_weights):
+        calls.append(1)
+        loss, parts = real(model, inputs, targets, layer_weights)
+        return (loss * factor if len(calls) == at_call else loss), parts
+
+    monkeypatch.setattr(routed.train, "weighted_exit_loss", poisoned)
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_good_weights(tiny_run_corpus, tiny_run, monkeypatch):
     config = tiny_train_config(steps=20, eval_interval=4)
     steps = []  # the same run cancelled after step 4 holds the weights validated at step 4
     reference = train(tiny_run.model_config, config, tiny_run_corpus, tokenizer=tiny_run.tokenizer,
                       should_stop=lambda: len(steps) >= 4, on_progress=lambda p: steps.append(p.step))
-    real, calls = routed.train.weighted_exit_loss, []
-
-    def nan_at_step_7(model, inputs, targets, layer_weights):
-        calls.append(1)
-        loss, parts = real(model, inputs, targets, layer_weights)
-        return (loss * float("nan") if len(calls) == 7 else loss), parts
-
-    monkeypatch.setattr(routed.train, "weighted_exit_loss", nan_at_step_7)
+    poison_loss(monkeypatch, at_call=7, factor=float("nan"))
     result = train(tiny_run.model_config, config, tiny_run_corpus, tokenizer=tiny_run.tokenizer)
     assert result.diverged == "the training loss is nan at step 7"
     assert [h["step"] for h in result.history] == [4] and result.best_step == 4
@@ -187,14 +192,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_weights(tiny_run_corpus
 
 def test_cli_reports_a_diverged_run_and_saves_the_good_weights(tmp_path, monkeypatch):
     corpus = write_text(tmp_path / "corpus.txt", repetitive_text(300))
-    real, calls = routed.train.weighted_exit_loss, []
-
-    def inf_at_step_12(model, inputs, targets, layer_weights):
-        calls.append(1)
-        loss, parts = real(model, inputs, targets, layer_weights)
-        return (loss * float("inf") if len(calls) == 12 else loss), parts
-
-    monkeypatch.setattr(routed.train, "weighted_exit_loss", inf_at_step_12)
+    poison_loss(monkeypatch, at_call=12, factor=float("inf"))
     monkeypatch.setattr(routed.train, "default_threads", lambda: 1)
     out = tmp_path / "ckpt"
     code = main(["train", *TINY_CLI_FLAGS, "--corpus", str(corpus), "--device", "cpu", "--out", str(out)])
