@@ -21,6 +21,7 @@ from helpers import TINY_CLI_FLAGS, tiny_model_config, tiny_train_config, write_
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_app import errors, open_page
+from test_cli import run_main
 
 from routed.cli import _layer_weights, main
 from routed.config import ModelConfig, TrainConfig, get_preset
@@ -212,13 +213,6 @@ CLI_CASES = {
     "train-lr-nan": (_train("--lr", "nan"), "learning_rate"),
     "train-epochs-zero": (_train("--epochs", "0"), "epochs"),
 }
-
-
-def run_main(argv) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse
-        return exc.code
 
 
 @pytest.mark.parametrize("case", list(CLI_CASES))

@@ -23,9 +23,11 @@ NOTES_TABLE = {
 }
 
 
-def test_defaults_are_valid():
-    ModelConfig()
-    TrainConfig()
+def test_defaults_are_the_documented_runnable_size():
+    model, train = ModelConfig(), TrainConfig()
+    assert (model.vocab_size, model.n_layers, model.d_model, model.n_heads, model.context_length) == (4096, 3, 128, 4, 128)
+    assert train.layer_weights == {3: 1.0} and train.routing_threshold is None
+    train.check_model(model)  # the defaults fit together: raises ValueError otherwise
 
 
 def test_exactly_the_notes_presets():
