@@ -200,10 +200,38 @@ def baseline(name: str) -> dict:
     }
 
 
-def baselines() -> dict[str, dict]:
-    """The Standard 1L and 3L points, for those whose checkpoints exist."""
+def corpus_of(name: str) -> str:
+    """The corpus a checkpoint was trained and evaluated on (PPLs compare only within one corpus and tokenizer)."""
+    cfg = config(name)
+    return f"{cfg['corpus']['name']}, vocabulary {cfg['model']['vocab_size']}"
+
+
+def _corpus_or_none(name: str) -> str | None:
+    try:
+        return corpus_of(name)
+    except ValueError:  # unreadable config: not a usable baseline
+        return None
+
+
+def baseline_names(corpus: str | None = None) -> dict[str, str]:
+    """{label: checkpoint} of Standard 1L/3L: named standard_1l or <prefix>-standard_1l (likewise 3L).
+
+    With `corpus`, those trained on it come first; otherwise the one named exactly, if any.
+    """
     names = checkpoint_names()
-    return {label: baseline(name) for label, name in BASELINES.items() if name in names}
+    found = {}
+    for label, base in BASELINES.items():
+        candidates = [n for n in names if n == base or n.endswith("-" + base)]
+        same = [n for n in candidates if corpus is not None and _corpus_or_none(n) == corpus]
+        choice = same[:1] or [n for n in candidates if n == base]
+        if choice:
+            found[label] = choice[0]
+    return found
+
+
+def baselines(corpus: str | None = None) -> dict[str, dict]:
+    """The Standard 1L and 3L points (see baseline_names), for those whose checkpoints exist."""
+    return {label: baseline(name) for label, name in baseline_names(corpus).items()}
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:

@@ -39,16 +39,15 @@ with right:
 if name is not None:
     try:
         row = appkit.row_at(appkit.curve(name), threshold)
-        rows = {f"{name} (threshold {threshold:.2f})": row, **appkit.baselines()}
+        corpus = appkit.corpus_of(name)
+        reference = appkit.baseline_names(corpus)
+        rows = {f"{name} (threshold {threshold:.2f})": row, **appkit.baselines(corpus)}
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
-    corpus = appkit.config(name)["corpus"]["fingerprint"]
-    others = [
-        k for k, n in appkit.BASELINES.items() if k in rows and appkit.config(n)["corpus"]["fingerprint"] != corpus
-    ]
+    others = [label for label, n in reference.items() if appkit.corpus_of(n) != corpus]
     if others:
-        st.warning(f"{' and '.join(others)} used another corpus than {name}: their PPLs are not comparable.")
+        st.warning(f"{' and '.join(others)} used another corpus or vocabulary than {name}: their PPLs are not comparable.")
     table = pd.DataFrame(rows).T[["routed_ppl", "shallow_pct", "compute_pct", "flops_pct"]]
     table.columns = ["Routed PPL", "Shallow%", "Compute%", "FLOPs%"]
     if "Standard 3L" in rows:

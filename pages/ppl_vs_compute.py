@@ -10,7 +10,25 @@ names = appkit.checkpoint_names()
 if not names:
     st.info("No checkpoints yet: train one on the Train page.")
     st.stop()
-routed = [n for n in names if n not in appkit.BASELINES.values()] or names
+corpora, errors = {}, []
+for name in names:
+    try:
+        corpora[name] = appkit.corpus_of(name)
+    except ValueError as exc:  # a damaged checkpoint is reported below; the others are still drawn
+        errors.append(str(exc))
+if not corpora:
+    st.error("\n\n".join(errors))
+    st.stop()
+# PPLs on different corpora or tokenizers do not share an axis: one corpus at a time.
+corpus = st.selectbox(
+    "Corpus",
+    sorted(set(corpora.values())),
+    key="curve_corpus",
+    on_change=lambda: st.session_state.pop("curve_models", None),  # the new corpus starts from its defaults
+)
+names = [n for n in names if corpora[n] == corpus]
+baseline_names = appkit.baseline_names(corpus)
+routed = [n for n in names if n not in baseline_names.values()] or names
 selected = st.multiselect("Checkpoints", names, default=routed[: len(appkit.MODEL_COLOURS)], key="curve_models")
 left, right = st.columns([2, 1])
 with left:
@@ -19,14 +37,14 @@ with right:
     x = "flops_pct" if st.toggle("FLOPs% instead of Compute%", key="curve_flops") else "compute_pct"
 x_name = "FLOPs%" if x == "flops_pct" else "Compute%"
 
-curves, errors = {}, []
+curves = {}
 for name in selected:
     try:
         curves[name] = appkit.curve(name)
     except ValueError as exc:
         errors.append(str(exc))
 try:
-    points = appkit.baselines()
+    points = appkit.baselines(corpus)
 except ValueError as exc:
     points = {}
     errors.append(str(exc))

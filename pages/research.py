@@ -42,10 +42,14 @@ def quick_runs() -> dict:
 
 
 st.title("Research tables")
-sources = {"full reproduction": appkit.reports_dir()}
+main = appkit.reports_dir()
+sources = {"full reproduction": main}
+# Reproductions in other regimes sit beside it: reports/reproduction-<corpus>/ (see reports/regimes.md).
+sources |= {f"full reproduction ({p.name.removeprefix(main.name + '-')})": p
+            for p in sorted(main.parent.glob(main.name + "-*")) if p.is_dir()}
 sources |= {f"quick run ({p.name.removeprefix('quick-')})": p for p in sorted(RUNS.glob("quick-*")) if p.is_dir()}
 label = st.radio("Tables from", list(sources), horizontal=True, key="research_source") if len(sources) > 1 else ""
-folder = sources.get(label, appkit.reports_dir())
+folder = sources.get(label, main)
 st.caption(f"Folder: `{folder}`")
 
 shown = 0

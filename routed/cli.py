@@ -299,7 +299,7 @@ def cmd_reproduce(args) -> int:
     if args.export:
         from routed.reproduce import export_checkpoints
 
-        for path in export_checkpoints(out, Path(args.export)):
+        for path in export_checkpoints(out, Path(args.export), prefix=args.export_prefix):
             print(f"exported {path}")
     return 0
 
@@ -382,6 +382,7 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=int, help="model size override (default: the default model)")
     p.add_argument("--out", default="reports/reproduction")
     p.add_argument("--export", help="also copy each preset's seed-0 model here (e.g. checkpoints)")
+    p.add_argument("--export-prefix", default="", help="name the exported models PREFIX<preset> (e.g. tinystories-)")
     p.set_defaults(func=cmd_reproduce)
     return parser
 

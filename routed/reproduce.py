@@ -303,7 +303,8 @@ def write_report(out: Path, settings: ReproduceSettings, session_s: float = 0.0)
         f"Command: `{command} --out {out}`" + (" (with `ROUTED_DATA_DIR=../shared/data`)" if settings.corpus in ("wikitext-2", "tinystories", "tinyshakespeare") else ""),
         "",
         f"Corpus: {settings.corpus}; model: {model_cfg.n_layers} layers (1 for standard_1l), d_model {model_cfg.d_model}, "
-        f"{model_cfg.n_heads} heads, context {model_cfg.context_length}, BPE vocabulary {model_cfg.vocab_size}; "
+        f"{model_cfg.n_heads} heads, context {model_cfg.context_length}, BPE vocabulary {model_cfg.vocab_size}"
+        f"{' (the 256 bytes and a few merges: about one token per character)' if model_cfg.vocab_size <= 264 else ''}; "
         f"budget: {json.dumps(settings.budget())}; every run uses the same tokenizer, data order per seed and budget. "
         f"PPL is exp(mean NLL per token) on the whole test split, non-overlapping windows. Mean ± sample std over seeds.",
         "",
@@ -554,9 +555,9 @@ def _plots(out: Path, results: dict, settings: ReproduceSettings) -> None:
         pass  # the PNG is the record; the interactive copy is a convenience
 
 
-def export_checkpoints(out: Path, dest: Path, seed: int = 0) -> list[Path]:
-    """Copy each preset's seed-`seed` run into dest/<preset>/ with its own threshold, sweep.csv and summary.json."""
-    from routed.checkpoint import load_checkpoint, save_checkpoint
+def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -> list[Path]:
+    """Copy each preset's seed-`seed` run into dest/<prefix><preset>/ with its own threshold, sweep.csv and summary.json."""
+    from routed.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
     written = []
     for name, preset in PRESETS.items():
@@ -565,7 +566,7 @@ def export_checkpoints(out: Path, dest: Path, seed: int = 0) -> list[Path]:
             continue
         ckpt = load_checkpoint(source / "checkpoint")
         train_config = TrainConfig.from_dict({**ckpt.train_config.to_dict(), "routing_threshold": preset.routing_threshold})
-        target = save_checkpoint(dest / name, ckpt.model, ckpt.tokenizer, train_config, ckpt.meta["corpus"]["name"],
+        target = save_checkpoint(checkpoint_path(prefix + name, dest), ckpt.model, ckpt.tokenizer, train_config, ckpt.meta["corpus"]["name"],
                                  ckpt.meta["corpus"]["fingerprint"], ckpt.history,
                                  extra={"preset": name, "best_step": ckpt.meta.get("best_step"), "seed": seed})
         shutil.copy(source / "sweep.csv", target / "sweep.csv")

@@ -42,6 +42,51 @@ def test_home_headline_table_has_baselines(app_env):
     assert at.dataframe[0].value.iloc[0]["Compute%"] == pytest.approx(100 / 3)
 
 
+def add_checkpoints_on_another_corpus(checkpoints: Path) -> None:
+    """other-asymmetric_best and other-standard_1l: copies said to be trained on corpus 'elsewhere'."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    for name in ("asymmetric_best", "standard_1l"):
+        target = checkpoints / f"other-{name}"
+        shutil.copytree(checkpoints / name, target)
+        config = json.loads((target / "config.json").read_text())
+        config["corpus"]["name"] = "elsewhere"
+        (target / "config.json").write_text(json.dumps(config))
+    curve = pd.read_csv(checkpoints / "asymmetric_best" / "sweep.csv")
+    curve["deep_ppl"] = 7.0  # a deep PPL no tiny checkpoint has, to tell which baseline was read
+    curve.to_csv(checkpoints / "other-standard_1l" / "sweep.csv", index=False)
+
+
+def test_home_baselines_come_from_the_models_corpus(app_env):
+    add_checkpoints_on_another_corpus(app_env.checkpoints)
+    at = open_page("pages/home.py")
+    at.selectbox(key="home_model").set_value("other-asymmetric_best").run()
+    table = at.dataframe[0].value
+    assert table.loc["Standard 1L", "Routed PPL"] == pytest.approx(7.0)  # other-standard_1l, same corpus
+    # no Standard 3L on 'elsewhere': the one on the tiny corpus is shown, with a warning
+    assert any("Standard 3L used another corpus" in w.value for w in at.warning)
+    at.selectbox(key="home_model").set_value("asymmetric_best").run()
+    assert at.dataframe[0].value.loc["Standard 1L", "Routed PPL"] != pytest.approx(7.0)
+    assert not at.warning
+
+
+def test_ppl_vs_compute_shows_one_corpus_at_a_time(app_env):
+    add_checkpoints_on_another_corpus(app_env.checkpoints)
+    at = open_page("pages/ppl_vs_compute.py")
+    corpus = at.selectbox(key="curve_corpus")
+    tiny = f"{app_env.corpus}, vocabulary 300"
+    assert corpus.options == sorted(["elsewhere, vocabulary 300", tiny])
+    at.selectbox(key="curve_corpus").set_value("elsewhere, vocabulary 300").run()
+    assert at.multiselect(key="curve_models").options == ["other-asymmetric_best", "other-standard_1l"]
+    assert at.multiselect(key="curve_models").value == ["other-asymmetric_best"]  # the baseline is a point
+    at.selectbox(key="curve_corpus").set_value(tiny).run()
+    assert not errors(at)
+    assert at.multiselect(key="curve_models").options == ["asymmetric_best", "standard_1l", "standard_3l"]
+
+
 def test_model_choice_is_kept_across_pages(app_env):
     at = open_page("pages/home.py")
     at.selectbox(key="home_model").set_value("standard_3l")
@@ -105,6 +150,24 @@ def test_research_page_renders_report_tables(app_env):
     at = open_page("pages/research.py")
     assert len(at.dataframe) == 2
     assert "asymmetric_best" in list(at.dataframe[0].value["model"])
+
+
+def test_research_page_offers_reproductions_in_other_regimes(app_env, monkeypatch, tmp_path):
+    import shutil
+
+    main = tmp_path / "reproduction"
+    shutil.copytree(app_env.reports, main)
+    other = tmp_path / "reproduction-tinystories"
+    other.mkdir()
+    (other / "final_ranking.csv").write_text("model,ppl_mean\nstandard_1l,3.5\n", encoding="utf-8")
+    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(main))
+    at = open_page("pages/research.py")
+    assert "asymmetric_best" in list(at.dataframe[0].value["model"])
+    source = at.radio(key="research_source")
+    assert source.options == ["full reproduction", "full reproduction (tinystories)"]
+    source.set_value("full reproduction (tinystories)").run()
+    assert not errors(at)
+    assert list(at.dataframe[0].value["model"]) == ["standard_1l"]
 
 
 def test_research_page_says_how_to_produce_tables(app_env, monkeypatch, tmp_path):

@@ -69,6 +69,17 @@ def test_export_writes_each_preset_with_its_own_threshold_and_sweep(reproduced, 
         assert read_sweep(tmp_path / name) is not None
 
 
+def test_export_prefix_names_the_copies_and_must_stay_a_plain_name(reproduced, tmp_path):
+    from routed.checkpoint import CheckpointError
+
+    _, out, _ = reproduced
+    export_checkpoints(out, tmp_path, prefix="tiny-")
+    assert list_checkpoints(tmp_path) == sorted(f"tiny-{name}" for name in PRESETS)
+    with pytest.raises(CheckpointError, match="plain folder name"):
+        export_checkpoints(out, tmp_path, prefix="../")
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith("standard")) == []
+
+
 def test_compare_uses_two_standard_errors():
     assert compare([10.0, 10.1, 9.9], [12.0, 12.1, 11.9]) == "better"
     assert compare([12.0, 12.1, 11.9], [10.0, 10.1, 9.9]) == "worse"
