@@ -257,10 +257,18 @@ def test_shipped_checkpoints_give_every_preset_real_numbers(shipped_env):
 
     at = open_page("pages/home.py")
     assert not errors(at)
-    assert sorted(at.selectbox(key="home_model").options) == sorted(PRESETS)
+    shipped = sorted(PRESETS) + sorted(f"tinystories-{name}" for name in PRESETS)  # two regimes
+    assert sorted(at.selectbox(key="home_model").options) == shipped
+    for name in ("asymmetric_best", "tinystories-asymmetric_best"):
+        at.selectbox(key="home_model").set_value(name).run()
+        table = at.dataframe[0].value
+        row = table.iloc[0]
+        assert 1 < row["Routed PPL"] < 1000 and 0 < row["Shallow%"] < 100
+        assert list(table.index[1:]) == ["Standard 1L", "Standard 3L"] and not at.warning  # same-corpus baselines
+    at.slider(key="home_threshold").set_value(0.5).run()  # the two regimes: few vs most tokens confident
+    assert at.dataframe[0].value.iloc[0]["Shallow%"] > 50
     at.selectbox(key="home_model").set_value("asymmetric_best").run()
-    row = at.dataframe[0].value.iloc[0]
-    assert 1 < row["Routed PPL"] < 1000 and 0 < row["Shallow%"] < 100
+    assert at.dataframe[0].value.iloc[0]["Shallow%"] < 20
     at.switch_page("pages/ppl_vs_compute.py").run()  # reads the shipped sweeps, no forward pass needed
     assert not at.exception and not errors(at)
 
