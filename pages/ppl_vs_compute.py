@@ -26,7 +26,7 @@ corpus = st.selectbox(
     key="curve_corpus",
     on_change=lambda: st.session_state.pop("curve_models", None),  # the new corpus starts from its defaults
 )
-names = [n for n in names if corpora[n] == corpus]
+names = [n for n in names if corpora.get(n) == corpus]  # damaged ones were reported above
 baseline_names = appkit.baseline_names(corpus)
 routed = [n for n in names if n not in baseline_names.values()] or names
 selected = st.multiselect("Checkpoints", names, default=routed[: len(appkit.MODEL_COLOURS)], key="curve_models")
