@@ -134,7 +134,7 @@ def main() -> None:
     streamlit.logger.set_log_level("error")  # AppTest sessions in threads each warn of a missing ScriptRunContext
 
     from routed.checkpoint import list_checkpoints
-    from routed.train import default_threads
+    from routed.devices import default_threads
 
     torch.set_num_threads(default_threads())
     models = list_checkpoints(args.checkpoints)

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from routed.config import ModelConfig
+from routed.devices import default_threads
 from routed.inference import generate, routed_forward
 from routed.model import RoutedTransformer
 from routed.routing import compute_pct, confidence, flops_pct
-from routed.train import default_threads
 
 
 def best_time(fn, repeats: int) -> float:
@@ -72,9 +72,10 @@ def bench_model(label: str, model: RoutedTransformer, batch: torch.Tensor, exits
 
 def probe_vs_softmax(ckpt, corpus, fit_tokens: int = 200_000) -> None:
     """Routed PPL at FLOPs levels: max softmax (pays the early head for every token) vs a learned probe."""
-    from routed.data import encode
-    from routed.evaluate import evaluate, ppl_at, probe_training_data, sweep
+    from routed.records import evaluate, probe_training_data
     from routed.routing import fit_confidence_probe
+    from routed.sweep import ppl_at, sweep
+    from routed.tokenizer import encode
 
     features, correct = probe_training_data(ckpt.model, encode(ckpt.tokenizer, corpus.train[: 6 * fit_tokens])[:fit_tokens])
     probe = fit_confidence_probe(features, correct)
@@ -105,7 +106,8 @@ def main() -> None:
 
     if Path(args.checkpoint, "config.json").exists():
         from routed.checkpoint import load_checkpoint
-        from routed.data import encode, load_corpus
+        from routed.data import load_corpus
+        from routed.tokenizer import encode
 
         ckpt = load_checkpoint(args.checkpoint)
         text = load_corpus(args.corpus).test

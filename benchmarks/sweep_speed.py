@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from routed.config import ModelConfig
-from routed.data import encode, load_corpus, train_tokenizer
-from routed.evaluate import evaluate, sweep
+from routed.data import load_corpus
+from routed.devices import default_threads
 from routed.inference import routed_ppl
 from routed.model import RoutedTransformer
-from routed.train import default_threads
+from routed.records import evaluate
+from routed.sweep import sweep
+from routed.tokenizer import encode, train_tokenizer
 
 
 def main() -> None:

@@ -16,9 +16,10 @@ import time
 import torch
 
 from routed.config import ModelConfig, get_preset
+from routed.devices import default_threads
+from routed.loss import weighted_exit_loss
 from routed.model import RoutedTransformer
 from routed.routing import TokenCost
-from routed.train import default_threads, weighted_exit_loss
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:

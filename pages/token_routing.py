@@ -87,8 +87,8 @@ with st.expander("Generate: routed execution that really skips the deep layers",
     if clicked and not prompt.strip():
         st.error("Enter a prompt to generate from.")
     if clicked and prompt.strip():
-        from routed.data import decode, encode
         from routed.inference import generate
+        from routed.tokenizer import decode, encode
 
         ckpt = appkit.checkpoint(name)
         ids = encode(ckpt.tokenizer, prompt).tolist()

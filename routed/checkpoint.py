@@ -192,7 +192,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    from routed.data import load_tokenizer
+    from routed.tokenizer import load_tokenizer
 
     path = Path(path)
     config = read_config(path)
@@ -247,6 +247,8 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # default; ROUTED_CHECKPOINTS_DIR overrides
 SWEEP_FILE = "sweep.csv"
 SWEEP_COLUMNS = tuple("threshold routed_ppl shallow_pct compute_pct flops_pct shallow_ppl deep_ppl oracle_ppl".split())
+# Bits per byte, written by this version; a sweep from before has none (read as NaN).
+SWEEP_BPB_COLUMNS = ("routed_bpb", "shallow_bpb", "deep_bpb", "oracle_bpb")
 
 
 def checkpoints_dir(root: Path | str | None = None) -> Path:
@@ -283,7 +285,7 @@ def _sweep_file(path: Path | str) -> Path:
 
 
 def write_sweep(path: Path | str, rows: dict) -> Path:
-    """Write a threshold sweep (the dict of arrays from routed.evaluate.sweep) as CSV, atomically.
+    """Write a threshold sweep (the dict of arrays from routed.sweep.sweep) as CSV, atomically.
 
     `path` is a checkpoint folder (the file is its sweep.csv) or a file path.
     """
@@ -293,9 +295,10 @@ def write_sweep(path: Path | str, rows: dict) -> Path:
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(SWEEP_COLUMNS)
+        columns = SWEEP_COLUMNS + tuple(c for c in SWEEP_BPB_COLUMNS if c in rows)
+        writer.writerow(columns)
         for i in range(len(rows["threshold"])):
-            writer.writerow([f"{float(rows[c][i]):.6g}" for c in SWEEP_COLUMNS])
+            writer.writerow([f"{float(rows[c][i]):.6g}" for c in columns])
     tmp.replace(path)
     return path
 
@@ -314,15 +317,17 @@ def read_sweep(path: Path | str) -> dict | None:
         missing = [c for c in SWEEP_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} lacks column(s) {missing}")
+        columns = SWEEP_COLUMNS + tuple(c for c in SWEEP_BPB_COLUMNS if c in (reader.fieldnames or []))
         try:
-            rows = [{c: float(row[c]) for c in SWEEP_COLUMNS} for row in reader]
+            rows = [{c: float(row[c]) for c in columns} for row in reader]
         except (TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has a non-numeric value ({exc})"
             ) from exc
     if not rows:
         raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has no rows")
-    return {c: np.array([r[c] for r in rows]) for c in SWEEP_COLUMNS}
+    result = {c: np.array([r[c] for r in rows]) for c in columns}
+    return result | {c: np.full(len(rows), np.nan) for c in SWEEP_BPB_COLUMNS if c not in result}
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,7 +356,7 @@ def load_train_state(path: Path | str):
     """(tensors, meta, tokenizer) of a saved training state, or None when there is none."""
     from safetensors.torch import load
 
-    from routed.data import load_tokenizer
+    from routed.tokenizer import load_tokenizer
 
     path = Path(path)
     _recover(path)

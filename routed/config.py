@@ -49,6 +49,9 @@ class TrainConfig:
 
     # Loss = sum_l w_l * CE_l / sum_l w_l over layers with w_l > 0.
     layer_weights: dict[int, float] = field(default_factory=lambda: {3: 1.0})
+    # Dynamic weights: None keeps layer_weights; else they move linearly from layer_weights (first step)
+    # to these (last step), e.g. {1: .9, 3: .1} -> {1: .5, 3: .5}. Validation uses these final weights.
+    final_layer_weights: dict[int, float] | None = None
     # A token exits after layer 1 when its confidence >= threshold; None: no routing (all go deep).
     routing_threshold: float | None = None
     steps: int | None = 240  # optimiser steps (about two minutes at the default size on 2 cores)
@@ -67,6 +70,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.layer_weights = _parse_layer_weights(self.layer_weights)
+        if self.final_layer_weights is not None:
+            self.final_layer_weights = _parse_layer_weights(self.final_layer_weights, "final_layer_weights")
         t = self.routing_threshold
         if t is not None:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t or not 0 <= t <= 1:
@@ -101,21 +106,36 @@ class TrainConfig:
 
     @property
     def trained_exits(self) -> list[int]:
-        """Layers whose output head gets a loss, ascending."""
-        return sorted(layer for layer, w in self.layer_weights.items() if w > 0)
+        """Layers whose output head gets a loss at some step, ascending."""
+        weights = [self.layer_weights, self.final_layer_weights or {}]
+        return sorted({layer for w in weights for layer, v in w.items() if v > 0})
+
+    def layer_weights_at(self, progress: float) -> dict[int, float]:
+        """The loss weights a fraction `progress` (0: first step, 1: last) through training."""
+        if self.final_layer_weights is None:
+            return dict(self.layer_weights)
+        p = min(1.0, max(0.0, progress))
+        layers = sorted(set(self.layer_weights) | set(self.final_layer_weights))
+        start, end = self.layer_weights, self.final_layer_weights
+        return {k: (1 - p) * start.get(k, 0.0) + p * end.get(k, 0.0) for k in layers}
+
+    @property
+    def validation_weights(self) -> dict[int, float]:
+        """The weights of the validation loss that picks the best step: the final ones."""
+        return dict(self.final_layer_weights or self.layer_weights)
 
     def check_model(self, model: ModelConfig) -> None:
         """Raise ValueError when the weights name a layer the model does not have."""
-        missing = [layer for layer, w in self.layer_weights.items() if w > 0 and layer > model.n_layers]
-        if missing:
-            _fail(
-                "layer_weights",
-                f"layer(s) {missing} get a weight but the model has only {model.n_layers} layer(s)",
-            )
+        for name, weights in (("layer_weights", self.layer_weights), ("final_layer_weights", self.final_layer_weights)):
+            missing = [layer for layer, w in (weights or {}).items() if w > 0 and layer > model.n_layers]
+            if missing:
+                _fail(name, f"layer(s) {missing} get a weight but the model has only {model.n_layers} layer(s)")
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["layer_weights"] = {str(k): v for k, v in self.layer_weights.items()}
+        if self.final_layer_weights is not None:
+            data["final_layer_weights"] = {str(k): v for k, v in self.final_layer_weights.items()}
         return data
 
     @classmethod
@@ -137,9 +157,9 @@ def _positive_int(name: str, value) -> None:
         _fail(name, f"must be a positive integer, got {value!r}")
 
 
-def _parse_layer_weights(weights) -> dict[int, float]:
+def _parse_layer_weights(weights, name: str = "layer_weights") -> dict[int, float]:
     if not isinstance(weights, dict) or not weights:
-        _fail("layer_weights", f"must be a non-empty mapping {{layer: weight}}, got {weights!r}")
+        _fail(name, f"must be a non-empty mapping {{layer: weight}}, got {weights!r}")
     parsed: dict[int, float] = {}
     for layer, weight in weights.items():
         try:
@@ -148,14 +168,14 @@ def _parse_layer_weights(weights) -> dict[int, float]:
             if isinstance(layer, float) and layer != layer_int:
                 raise ValueError("a fractional layer")  # 1.7 is no layer, rather than silently layer 1
         except (TypeError, ValueError, OverflowError):
-            _fail("layer_weights", f"entry {layer!r}: {weight!r} is not layer (int): weight (number)")
+            _fail(name, f"entry {layer!r}: {weight!r} is not layer (int): weight (number)")
         if layer_int < 1:
-            _fail("layer_weights", f"layers are numbered from 1, got {layer!r}")
+            _fail(name, f"layers are numbered from 1, got {layer!r}")
         if not math.isfinite(weight_f) or weight_f < 0:
-            _fail("layer_weights", f"weight of layer {layer_int} must be finite and >= 0, got {weight!r}")
+            _fail(name, f"weight of layer {layer_int} must be finite and >= 0, got {weight!r}")
         parsed[layer_int] = weight_f
     if sum(parsed.values()) <= 0:
-        _fail("layer_weights", "all weights are zero: at least one layer needs a positive weight")
+        _fail(name, "all weights are zero: at least one layer needs a positive weight")
     return dict(sorted(parsed.items()))
 
 

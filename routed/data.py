@@ -1,21 +1,21 @@
-"""Corpora (hub, download, built-in, local files) and the byte-level BPE tokenizer."""
+"""Corpora: the hub, a download, the built-in one, local files; train / validation / test text."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
 import os
-import re
 import sys
 import sysconfig
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 BUILTIN_CORPORA = ("python-docs", "wikitext-2", "tinyshakespeare", "tinystories")
+# The corpora's own markup: WikiText-2 v1 writes every rare word as <unk>; the TinyStories files separate
+# stories with <|endoftext|>. Left to BPE, <unk> becomes three pieces that are trivially predictable.
+CORPUS_MARKERS = {"wikitext-2": ("<unk>",), "tinystories": ("<|endoftext|>",)}
 _ALTERNATIVES = (
     "use the built-in corpus 'python-docs' (no network), a path to a .txt file or folder, "
     "or set ROUTED_DATA_DIR to a folder holding local copies (wikitext-2/, tinyshakespeare/, tinystories/)"
@@ -34,6 +34,9 @@ class Corpus:
     train: str
     validation: str
     test: str
+    # Markup that stands for something else (WikiText's <unk>, TinyStories' <|endoftext|>): each is
+    # one special token that BPE never splits, and evaluations can leave it out.
+    markers: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -121,7 +124,7 @@ def load_corpus(name: str, text_column: str = "text", max_chars: int | None = No
             "hf:OWNER/NAME for a Hugging Face dataset, or a path to a .txt file or folder"
         )
     if max_chars is not None and name != "tinystories" and not name.startswith("hf:"):
-        corpus = Corpus(corpus.name, corpus.train[:max_chars], corpus.validation, corpus.test)
+        corpus = replace(corpus, train=corpus.train[:max_chars])
     if not corpus.train.strip() or not corpus.validation.strip():
         raise CorpusError(f"corpus: {name!r} has an empty train or validation split")
     return corpus
@@ -187,8 +190,9 @@ def _wikitext2() -> Corpus:
     if local and (local / "wikitext-2" / "wiki.train.tokens").exists():
         folder = local / "wikitext-2"
         texts = [(folder / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("train", "valid", "test")]
-        return Corpus("wikitext-2", *texts)
-    return load_hf_corpus("Salesforce/wikitext", "wikitext-2-v1", name="wikitext-2")
+        return Corpus("wikitext-2", *texts, markers=CORPUS_MARKERS["wikitext-2"])
+    corpus = load_hf_corpus("Salesforce/wikitext", "wikitext-2-v1", name="wikitext-2")
+    return replace(corpus, markers=CORPUS_MARKERS["wikitext-2"])
 
 
 def _tinyshakespeare() -> Corpus:
@@ -217,8 +221,9 @@ def _tinystories(max_chars: int | None) -> Corpus:
         texts = [(folder / f"{s}.txt").read_text(encoding="utf-8") for s in ("train", "valid", "test")]
         if max_chars is not None:
             texts[0] = texts[0][:max_chars]
-        return Corpus("tinystories", *texts)
-    return load_hf_corpus("roneneldan/TinyStories", max_chars=max_chars or 20_000_000, name="tinystories")
+        return Corpus("tinystories", *texts, markers=CORPUS_MARKERS["tinystories"])
+    corpus = load_hf_corpus("roneneldan/TinyStories", max_chars=max_chars or 20_000_000, name="tinystories")
+    return replace(corpus, markers=CORPUS_MARKERS["tinystories"])
 
 
 def _local_text(path: Path) -> Corpus:
@@ -279,86 +284,3 @@ def python_docs_corpus() -> Corpus:
     except OSError:
         pass  # a read-only home only costs the parse next time
     return Corpus("python-docs", *texts)
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenizer
-
-# Cut points for parallel encoding: between "X\n" and "Y" (X, Y not spaces), where the byte-level
-# pre-tokenizer splits anyway (a newline after a space may join a whitespace run), so chunked
-# encoding equals encoding the whole text.
-_CHUNK_BOUNDARY = re.compile(r"(?<=\S\n)(?=\S)")
-
-
-def train_tokenizer(text: str, vocab_size: int = 4096):
-    """A byte-level BPE tokenizer trained on `text` (deterministic; every byte is in the alphabet)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if vocab_size < 257:
-        raise ValueError(f"vocab_size: must be at least 257 (256 bytes + merges), got {vocab_size}")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CHUNK_BOUNDARY.split(text), trainer)
-    return tokenizer
-
-
-def encode(tokenizer, text: str) -> torch.Tensor:
-    """Token ids of `text` as a 1-D int64 tensor."""
-    chunks = [c for c in _CHUNK_BOUNDARY.split(text) if c]
-    ids = [i for enc in tokenizer.encode_batch(chunks, add_special_tokens=False) for i in enc.ids]
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def decode(tokenizer, ids) -> str:
-    """Text of token ids."""
-    return tokenizer.decode(list(map(int, ids)), skip_special_tokens=False)
-
-
-def token_strings(tokenizer, ids) -> list[str]:
-    """The text of each token on its own (a token may hold part of a multi-byte character)."""
-    return [tokenizer.decode([int(i)]) for i in ids]
-
-
-def _byte_values() -> dict[str, int]:
-    """The byte-level alphabet (GPT-2's bytes_to_unicode, as the ByteLevel pre-tokenizer uses): char -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
-
-
-_BYTE_VALUES = _byte_values()
-
-
-def token_texts(tokenizer, ids) -> list[str]:
-    """The text of each token of a sequence, so that "".join(token_texts(...)) == decode(ids).
-
-    A character split over several tokens (emoji, CJK, ...) goes whole to the token that completes
-    it; the tokens before get "". (token_strings would give each part as U+FFFD.)
-    """
-    import codecs
-
-    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-    texts = []
-    for i in ids:
-        piece = tokenizer.id_to_token(int(i))
-        try:
-            data = bytes(_BYTE_VALUES[c] for c in piece)
-        except (KeyError, TypeError):  # not a byte-level token: its own text
-            data = tokenizer.decode([int(i)]).encode("utf-8")
-        texts.append(utf8.decode(data))
-    if texts:
-        texts[-1] += utf8.decode(b"", final=True)
-    return texts
-
-
-def load_tokenizer(path: Path | str):
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(path))

@@ -303,20 +303,33 @@ def generate(
 
 @torch.no_grad()
 def routed_ppl(model: RoutedTransformer, tokens: torch.Tensor, threshold: float | None, mode: str = "sparse",
-               exits=None, batch_size: int = 32) -> dict:
-    """PPL and exit shares of routed execution over a split (same windows as `evaluate`)."""
-    from routed.evaluate import windows
+               exits=None, batch_size: int = 32, exclude_ids=(), token_bytes=None) -> dict:
+    """PPL, bits per byte and exit shares of routed execution over a split (same windows as `evaluate`).
+
+    Tokens whose target is in `exclude_ids` (corpus markers) are left out of every number; bits per
+    byte needs `token_bytes` (bytes of each token id) and is NaN without it.
+    """
+    import math
+
+    from routed.records import windows
 
     exits = _check(model, exits, mode)
-    total, count = 0.0, 0
+    excluded = torch.tensor(sorted(set(map(int, exclude_ids))), dtype=torch.long)
+    sizes = torch.as_tensor(token_bytes, dtype=torch.float64) if token_bytes is not None else None
+    total, count, n_bytes = 0.0, 0, 0.0
     at_exit = {e: 0 for e in exits}
     for x, y, _ in windows(tokens, model.config.context_length, batch_size):
         out = routed_forward(model, x, threshold, mode, exits)
-        total += float(F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), reduction="sum"))
-        count += y.numel()
+        keep = ~torch.isin(y, excluded)
+        nll = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y)
+        total += float(nll[keep].double().sum())
+        count += int(keep.sum())
+        if sizes is not None:
+            n_bytes += float(sizes[y[keep]].sum())
         for e in exits:
-            at_exit[e] += int((out.exit_layer == e).sum())
+            at_exit[e] += int(((out.exit_layer == e) & keep).sum())
     if count == 0:
-        raise ValueError("tokens: at least two tokens are needed")
+        raise ValueError("tokens: no token to predict (at least two tokens, not all of them markers, are needed)")
     return {"mode": mode, "ppl": float(torch.tensor(total / count).exp()),
+            "bpb": total / math.log(2) / n_bytes if n_bytes else float("nan"), "tokens": count,
             "exit_pct": {e: 100.0 * c / count for e, c in at_exit.items()}}

@@ -20,8 +20,9 @@ import numpy as np
 
 from routed.checkpoint import read_sweep, write_sweep
 from routed.config import PRESETS, ModelConfig, TrainConfig
-from routed.data import encode, load_corpus, load_tokenizer, train_tokenizer
-from routed.evaluate import ppl_at
+from routed.data import load_corpus
+from routed.sweep import ppl_at
+from routed.tokenizer import encode, load_tokenizer, train_tokenizer
 
 NOTES_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
 ALPHAS = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
@@ -112,7 +113,7 @@ def _prepare(settings: ReproduceSettings, out: Path):
     if tok_path.exists():
         tokenizer = load_tokenizer(tok_path)
     else:
-        tokenizer = train_tokenizer(corpus.train, model_config.vocab_size)
+        tokenizer = train_tokenizer(corpus.train, model_config.vocab_size, corpus.markers)
         tok_path.write_text(tokenizer.to_str(), encoding="utf-8")
     ids = {split: encode(tokenizer, corpus.split(split)) for split in ("train", "validation", "test")}
     return corpus, tokenizer, ids
@@ -120,7 +121,8 @@ def _prepare(settings: ReproduceSettings, out: Path):
 
 def _run_one(run: Run, seed: int, settings: ReproduceSettings, corpus, tokenizer, ids, run_dir: Path, log) -> dict:
     from routed.checkpoint import load_checkpoint, save_trained
-    from routed.evaluate import evaluate, sweep
+    from routed.records import evaluate
+    from routed.sweep import sweep
     from routed.train import train
 
     model_config = replace(settings.model_config(), n_layers=run.n_layers, vocab_size=tokenizer.get_vocab_size())
@@ -263,10 +265,10 @@ def _model_row(results: dict, name: str) -> dict | None:
 
 
 def _plain_flops(name: str, settings: ReproduceSettings) -> float:
-    from routed.routing import flops_pct
+    from routed.ledger import execution_cost
 
     cfg = replace(settings.model_config(), n_layers=PRESETS[name].n_layers)
-    return float(flops_pct(0.0, cfg, routed=False))
+    return float(execution_cost(cfg, {cfg.n_layers: 1.0}, "plain")[1])
 
 
 def compare(a, b, lower_is_better: bool = True) -> str:

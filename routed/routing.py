@@ -1,4 +1,4 @@
-"""Confidence measures, the routing rule, and what a routed token costs.
+"""Confidence measures and the routing rule (the one place a threshold is applied).
 
 The rule: a token leaves at the early exit when its confidence >= threshold, otherwise it takes
 the deep path to the last layer. A threshold of None means no routing (every token goes deep).
@@ -10,8 +10,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
-from routed.config import ModelConfig
 
 CONFIDENCE_MEASURES = ("max_softmax", "margin", "neg_entropy")
 
@@ -111,73 +109,3 @@ def route(
     shallow = exits_early(confidence(logits[early], measure), threshold)
     chosen = torch.where(shallow.unsqueeze(-1), logits[early], logits[last])
     return chosen, shallow
-
-
-@dataclass(frozen=True)
-class TokenCost:
-    """Forward FLOPs per token of one transformer layer, of one output head, and of a layer's K/V projection."""
-
-    layer: float
-    head: float
-    kv: float  # what an exited token still pays per deeper layer in sparse mode (state propagation)
-
-    @classmethod
-    def of(cls, cfg: ModelConfig) -> TokenCost:
-        d, T = cfg.d_model, cfg.context_length
-        # qkv 6d^2 + out-proj 2d^2 + MLP 16d^2 multiply-adds x2, plus attention over (T+1)/2
-        # positions on average for QK^T and AV (2 * 2d each).
-        layer = 24 * d * d + 2 * d * (T + 1)
-        head = 2 * d * cfg.vocab_size
-        return cls(layer=float(layer), head=float(head), kv=float(4 * d * d))
-
-
-def compute_pct(shallow_frac, n_layers: int, exit_layer: int = 1, reference_layers: int | None = None):
-    """The notes' Compute%: layers run per token relative to a `reference_layers` model (default n_layers).
-
-    Works on floats and on arrays/tensors of shallow fractions.
-    """
-    ref = reference_layers or n_layers
-    return 100.0 * (shallow_frac * exit_layer + (1 - shallow_frac) * n_layers) / ref
-
-
-def flops_pct(
-    shallow_frac,
-    cfg: ModelConfig,
-    exit_layer: int = 1,
-    routed: bool = True,
-    reference_layers: int = 3,
-    propagate_kv: bool = False,
-):
-    """FLOPs per token relative to a plain `reference_layers`-layer model of the same width.
-
-    An exited token pays its layers and one head (in sparse execution, with propagate_kv, also the
-    K/V projection of every deeper layer); a deep token pays all layers and, when routed, two heads
-    (one for the confidence check). Unrouted models pay their layers and one head.
-    """
-    cost = TokenCost.of(cfg)
-    reference = reference_layers * cost.layer + cost.head
-    shallow = exit_layer * cost.layer + cost.head
-    if propagate_kv:
-        shallow += (cfg.n_layers - exit_layer) * cost.kv
-    second_head = routed and exit_layer < cfg.n_layers  # a single-exit model never checks twice
-    deep = cfg.n_layers * cost.layer + (2 if second_head else 1) * cost.head
-    return 100.0 * (shallow_frac * shallow + (1 - shallow_frac) * deep) / reference
-
-
-def multi_exit_pct(exit_fracs: dict, cfg: ModelConfig, exits: list[int], reference_layers: int = 3, propagate_kv: bool = False):
-    """(Compute%, FLOPs%) when a share exit_fracs[e] of tokens leaves at exit e (shares sum to 1).
-
-    A token leaving at exit e has run e layers and checked every exit up to e, paying one head
-    each; relative to a plain `reference_layers`-layer model with one head. For exits {1, n} this
-    is compute_pct and flops_pct.
-    """
-    cost = TokenCost.of(cfg)
-    exits = sorted(exits)
-    layers = sum(frac * e for e, frac in exit_fracs.items())
-    flops = 0.0
-    for e, frac in exit_fracs.items():
-        per_token = e * cost.layer + (exits.index(e) + 1) * cost.head
-        if propagate_kv:
-            per_token += (cfg.n_layers - e) * cost.kv
-        flops = flops + frac * per_token
-    return 100.0 * layers / reference_layers, 100.0 * flops / (reference_layers * cost.layer + cost.head)

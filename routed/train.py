@@ -1,4 +1,4 @@
-"""Training: the universal loss (a weighted sum of per-exit cross-entropies) and the one trainer."""
+"""Training: the one trainer (CLI, app, reproduction and benchmarks all call `train`)."""
 
 from __future__ import annotations
 
@@ -11,73 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn.functional as F
 
 from routed.config import ModelConfig, TrainConfig
-from routed.data import Corpus, CorpusError, encode, load_corpus, train_tokenizer
-from routed.evaluate import exit_nll_sums
+from routed.data import Corpus, CorpusError, load_corpus
+from routed.devices import all_reduce_sum, default_threads, pick_device, start_distributed
+from routed.loss import weighted_exit_loss
 from routed.model import RoutedTransformer
-
-
-class _HeadCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of (hidden @ weight.T) against targets, computed in row chunks.
-
-    The (tokens x vocabulary) logits never exist whole: each chunk's softmax stays in cache and its
-    gradients are formed at once (the loss is a scalar, so backward only rescales them). For small
-    models the vocabulary-wide softmax otherwise costs as much as the matmuls.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_rows):
-        n = hidden.shape[0]
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight)
-        total = hidden.new_zeros((), dtype=torch.float64)
-        for i in range(0, n, chunk_rows):
-            h, t = hidden[i : i + chunk_rows], targets[i : i + chunk_rows]
-            logits = (h @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
-            peak = logits.amax(dim=-1, keepdim=True)
-            target_logit = logits.gather(-1, t.unsqueeze(-1))
-            probs = logits.sub_(peak).exp_()  # in place: one pass per step over the chunk
-            norm = probs.sum(dim=-1, keepdim=True)
-            total += (norm.log() + peak - target_logit).sum(dtype=torch.float64)  # CE = logsumexp - target
-            probs.div_(norm)
-            probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(CE)/d(logits) = softmax - onehot
-            probs = probs.to(hidden.dtype)
-            grad_hidden[i : i + chunk_rows] = probs @ weight
-            grad_weight.addmm_(probs.T, h)
-        ctx.save_for_backward(grad_hidden.div_(n), grad_weight.div_(n))
-        return (total / n).to(hidden.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None
-
-
-def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 256):
-    """Mean CE of logits hidden @ weight.T (hidden (N, C), weight (V, C), targets (N,)), fused when training."""
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _HeadCrossEntropy.apply(hidden, weight, targets, chunk_rows)
-    return F.cross_entropy((hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32)), targets)
-
-
-def weighted_exit_loss(
-    model: RoutedTransformer, inputs: torch.Tensor, targets: torch.Tensor, layer_weights: dict[int, float]
-) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """The universal loss sum_l w_l * CE_l / sum_l w_l over layers with w_l > 0, and each CE_l.
-
-    One trunk pass; the shared head is applied to each trained exit.
-    """
-    trained = [layer for layer, w in layer_weights.items() if w > 0]
-    features = model.exit_features(inputs, exits=trained)
-    losses = {
-        layer: head_cross_entropy(h.flatten(0, 1), model.lm_head.weight, targets.flatten())
-        for layer, h in features.items()
-    }
-    total_weight = sum(layer_weights[layer] for layer in losses)
-    loss = sum(layer_weights[layer] * ce for layer, ce in losses.items()) / total_weight
-    return loss, losses
+from routed.records import exit_nll_sums
+from routed.tokenizer import encode, train_tokenizer
 
 
 def learning_rate_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -88,19 +29,6 @@ def learning_rate_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     floor = cfg.learning_rate * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.learning_rate - floor) * (1 + math.cos(math.pi * progress))
-
-
-def default_threads() -> int:
-    """Intra-op threads: ROUTED_NUM_THREADS if set, else the cores this process may run on.
-
-    More threads than cores (or two busy processes sharing them) slows small matmuls sharply.
-    """
-    if os.environ.get("ROUTED_NUM_THREADS", "").isdigit() and int(os.environ["ROUTED_NUM_THREADS"]) > 0:
-        return int(os.environ["ROUTED_NUM_THREADS"])
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -165,48 +93,6 @@ class WindowSampler:
         self._order = tensors["sampler.order"]
 
 
-def pick_device(name: str | None = None) -> torch.device:
-    """`name` ("cpu", "cuda", "cuda:1", "mps") when given, else the first of cuda, mps, cpu available."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps and mps.is_available())
-    if name in (None, "", "auto"):
-        name = "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: {name!r} is not a device (cpu, cuda, cuda:N, mps or auto)") from exc
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps_ok}
-    if not available.get(device.type, False):
-        raise ValueError(f"device: {name!r} is not available on this machine (cpu, cuda, cuda:N, mps or auto)")
-    return device
-
-
-def _start_distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
-    """(rank, world size, device, whether we started the process group) under torchrun; (0, 1, ...) otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, device, False
-    import torch.distributed as dist
-
-    if device.type == "cuda":  # one GPU per process
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    started = not dist.is_initialized()
-    if started:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device, started
-
-
-def _all_reduce(values: list[float], world: int) -> list[float]:
-    """Element-wise sum over the processes of a distributed run (identity for one process)."""
-    if world == 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 class _ExitLoss(torch.nn.Module):
     """The universal loss as a module, so that DistributedDataParallel can wrap it and sync gradients."""
 
@@ -250,14 +136,14 @@ def train(
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     torch.set_num_threads(default_threads())
-    rank, world, device, started_group = _start_distributed(pick_device(device))
+    rank, world, device, started_group = start_distributed(pick_device(device))
     if train_config.batch_size % world:
         raise ValueError(f"batch_size: {train_config.batch_size} cannot be split evenly over {world} processes")
     saved = load_train_state(state_dir) if (resume and state_dir is not None) else None
     if saved is not None:
         tokenizer = saved[2]
     if tokenizer is None:
-        tokenizer = train_tokenizer(corpus.train, model_config.vocab_size)
+        tokenizer = train_tokenizer(corpus.train, model_config.vocab_size, corpus.markers)
     model_config = replace(model_config, vocab_size=tokenizer.get_vocab_size())
     train_ids, val_ids = encoded if encoded is not None else (encode(tokenizer, corpus.train), encode(tokenizer, corpus.validation))
     val_ids = val_ids[: train_config.eval_tokens + 1]
@@ -287,7 +173,7 @@ def train(
     sampler = WindowSampler(train_ids, model_config.context_length, train_config.batch_size, train_config.seed)
     trained = train_config.trained_exits
     all_exits = list(range(1, model_config.n_layers + 1))
-    loss_module = _ExitLoss(model, train_config.layer_weights)
+    loss_module = exit_loss = _ExitLoss(model, train_config.layer_weights)
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -324,11 +210,10 @@ def train(
     def validate(step: int, train_loss: float) -> dict:
         nonlocal best_loss, best_state, bad_evals
         sums, count = exit_nll_sums(model, val_ids, all_exits, bf16=train_config.bf16, shard=(rank, world))
-        *sums, count = _all_reduce([sums[k] for k in all_exits] + [count], world)
+        *sums, count = all_reduce_sum([sums[k] for k in all_exits] + [count], world)
         ce = {layer: s / count for layer, s in zip(all_exits, sums)}
-        val_loss = sum(train_config.layer_weights.get(k, 0.0) * ce[k] for k in trained) / sum(
-            train_config.layer_weights[k] for k in trained
-        )
+        weights = train_config.validation_weights
+        val_loss = sum(weights.get(k, 0.0) * ce[k] for k in trained) / sum(weights.get(k, 0.0) for k in trained)
         record = {
             "step": step,
             "tokens": step * tokens_per_step,
@@ -364,11 +249,12 @@ def train(
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step - 1, train_config, total_steps)
+        exit_loss.layer_weights = train_config.layer_weights_at((step - 1) / max(1, total_steps - 1))
         x, y = sampler.next_batch()
         x, y = x[rows].to(device), y[rows].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=train_config.bf16):
             loss = loss_module(x, y)
-        loss_value = _all_reduce([float(loss.detach())], world)[0] / world
+        loss_value = all_reduce_sum([float(loss.detach())], world)[0] / world
         if not math.isfinite(loss_value):
             result.diverged = f"the training loss is {loss_value} at step {step}"
             break

@@ -45,8 +45,10 @@ def tiny_world(tmp_path_factory) -> SimpleNamespace:
     """Train the tiny checkpoints once per session (a few seconds) and write a sweep.csv for one of them."""
     from routed.checkpoint import load_checkpoint, save_checkpoint, write_sweep
     from routed.config import ModelConfig, TrainConfig
-    from routed.data import load_corpus, train_tokenizer
-    from routed.evaluate import records_for_checkpoint, sweep
+    from routed.data import load_corpus
+    from routed.records import records_for_checkpoint
+    from routed.sweep import sweep
+    from routed.tokenizer import train_tokenizer
     from routed.train import train
 
     root = tmp_path_factory.mktemp("routed")

@@ -23,10 +23,14 @@ from hypothesis import strategies as st
 from test_app import errors, open_page
 from test_cli import run_main
 
-from routed.cli import _layer_weights, main
+from routed.calibrate import threshold_for
+from routed.cli import main
+from routed.cli.args import layer_weights as _layer_weights
 from routed.config import ModelConfig, TrainConfig, get_preset
-from routed.data import Corpus, CorpusError, encode, load_corpus
-from routed.evaluate import route_text, sweep, threshold_for
+from routed.data import Corpus, CorpusError, load_corpus
+from routed.sweep import sweep
+from routed.text import route_text
+from routed.tokenizer import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 NAN = math.nan
@@ -145,7 +149,7 @@ def test_api_refuses_bad_thresholds_when_routing(tiny_run, threshold):
 
 
 def test_api_refuses_bad_thresholds_in_sweeps_and_calibration(tiny_run):
-    from routed.evaluate import evaluate
+    from routed.records import evaluate
 
     records = evaluate(tiny_run.model, encode(tiny_run.tokenizer, "the cat sees the ball. " * 5))
     for thresholds in ([0.5, NAN], [-0.1], [1.5]):

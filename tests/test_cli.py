@@ -24,7 +24,7 @@ PRESET_NAMES = [
     "lpt",
     "lpt_routing",
 ]
-SWEEP_COLUMNS = "threshold,routed_ppl,shallow_pct,compute_pct,flops_pct,shallow_ppl,deep_ppl,oracle_ppl"
+SWEEP_COLUMNS = "threshold,routed_ppl,shallow_pct,compute_pct,flops_pct,shallow_ppl,deep_ppl,oracle_ppl,routed_bpb,shallow_bpb,deep_bpb,oracle_bpb"
 
 
 def run_main(argv):
@@ -130,9 +130,9 @@ def test_eval_without_routing_is_the_last_exit(workspace, capsys, monkeypatch):
     assert plain["threshold"] is None and plain["shallow_pct"] == 0.0 and plain["compute_pct"] == 100.0
     assert plain["routed_ppl"] == pytest.approx(plain["ppl_by_exit"]["3"])
     # Another threshold reuses the cached records: the model does not run again.
-    import routed.evaluate
+    import routed.records
 
-    monkeypatch.setattr(routed.evaluate, "evaluate", lambda *a, **k: pytest.fail("records were recomputed"))
+    monkeypatch.setattr(routed.records, "evaluate", lambda *a, **k: pytest.fail("records were recomputed"))
     assert main(["eval", "--checkpoint", str(checkpoint), "--json", "--threshold", "0"]) == 0
     everything_shallow = json.loads(capsys.readouterr().out)
     assert everything_shallow["shallow_pct"] == 100.0
@@ -143,7 +143,8 @@ def test_eval_table(workspace, capsys):
     _, checkpoint = workspace
     assert main(["eval", "--checkpoint", str(checkpoint), "--split", "validation"]) == 0
     out = capsys.readouterr().out
-    for label in ("exit 1 PPL", "exit 3 PPL", "routed PPL", "Shallow%", "Compute%", "FLOPs%"):
+    for label in ("exit 1: PPL per token", "exit 3: PPL per token", "bits per byte", "routed PPL", "Shallow%",
+                  "Compute%", "FLOPs%", "(recompute execution"):
         assert label in out
 
 
@@ -167,12 +168,12 @@ def test_sweep_writes_csv(workspace, tmp_path, capsys):
     argv = ["sweep", "--checkpoint", str(checkpoint), "--thresholds", "0,0.3,0.6,1", "--csv", str(path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| Threshold | PPL | Shallow% | Compute% | FLOPs% |" in out
+    assert "| Threshold | PPL | bits/byte | Shallow% | Compute% | FLOPs% (recompute) |" in out
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     assert ",".join(rows[0]) == SWEEP_COLUMNS
     assert [float(r[0]) for r in rows[1:]] == [0.0, 0.3, 0.6, 1.0]
-    shallow = [float(r[2]) for r in rows[1:]]
+    shallow = [float(r[rows[0].index("shallow_pct")]) for r in rows[1:]]
     assert shallow[0] == 100.0 and shallow == sorted(shallow, reverse=True)
 
 
@@ -186,18 +187,34 @@ def test_sweep_sparse_mode_reports_sparse_ppl_equal_to_dense_at_the_extremes(wor
     rows = _table_rows(capsys.readouterr().out)
     assert len(rows) == 2
     for row in rows:  # all shallow, then all deep: the two executions are the same computation
-        assert float(row[1]) == pytest.approx(float(row[5]), rel=1e-4)
+        assert float(row[1]) == pytest.approx(float(row[6]), rel=1e-4)
+        assert float(row[2]) == pytest.approx(float(row[7]), rel=1e-3)  # bits per byte too
+
+
+def test_sparse_flops_are_one_ledger_whichever_command_prints_them(workspace, capsys):
+    """`sweep --mode sparse`, `sweep --exits 1,3 --mode sparse` and `eval --mode sparse` price one execution alike."""
+    _, checkpoint = workspace
+    base = ["--checkpoint", str(checkpoint), "--split", "validation"]
+    assert main(["sweep", *base, "--thresholds", "0.3", "--mode", "sparse"]) == 0
+    two = _table_rows(capsys.readouterr().out)[0]
+    assert main(["sweep", *base, "--thresholds", "0.3", "--mode", "sparse", "--exits", "1,3"]) == 0
+    multi = _table_rows(capsys.readouterr().out)[0]
+    assert main(["eval", *base, "--threshold", "0.3", "--mode", "sparse", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert two[-1] == multi[-1] == f"{result['sparse_flops_pct']:.1f}%"
+    assert two[5] == multi[6] == f"{result['flops_pct']:.1f}%"  # the dense PPL's own execution, also alike
+    assert result["sparse_execution"] == "propagate" and result["execution"] == "recompute"
 
 
 def test_sweep_with_three_exits_prints_each_exit_share(workspace, capsys):
     _, checkpoint = workspace
     assert main(["sweep", "--checkpoint", str(checkpoint), "--thresholds", "0,0.3,1", "--exits", "1,2,3"]) == 0
     out = capsys.readouterr().out
-    assert "| Threshold | PPL | exit 1% | exit 2% | exit 3% | Compute% | FLOPs% |" in out
+    assert "| Threshold | PPL | bits/byte | exit 1% | exit 2% | exit 3% | Compute% | FLOPs% (recompute) |" in out
     rows = _table_rows(out)
     for row in rows:
-        assert sum(float(c.rstrip("%")) for c in row[2:5]) == pytest.approx(100.0, abs=0.2)
-    assert rows[0][2] == "100.0%" and rows[-1][4] == "100.0%"
+        assert sum(float(c.rstrip("%")) for c in row[3:6]) == pytest.approx(100.0, abs=0.2)
+    assert rows[0][3] == "100.0%" and rows[-1][5] == "100.0%"
 
 
 def test_calibrate_prints_json(workspace, capsys):

@@ -21,7 +21,8 @@ from helpers import TINY_CLI_FLAGS, repetitive_text, tiny_model_config, tiny_tra
 import routed.train
 from routed.checkpoint import list_checkpoints, load_checkpoint, train_state_path
 from routed.cli import main
-from routed.train import pick_device, train
+from routed.devices import pick_device
+from routed.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +109,7 @@ SAVER = textwrap.dedent("""
     from helpers import tiny_corpus
     from routed.checkpoint import save_checkpoint
     from routed.config import ModelConfig, TrainConfig
-    from routed.data import train_tokenizer
+    from routed.tokenizer import train_tokenizer
     from routed.model import RoutedTransformer
 
     path, writer, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -13,15 +13,12 @@ from routed.data import (
     BUILTIN_CORPORA,
     Corpus,
     CorpusError,
-    decode,
-    encode,
     load_corpus,
     load_hf_corpus,
     python_docs_corpus,
     split_by_position,
-    token_strings,
-    train_tokenizer,
 )
+from routed.tokenizer import decode, encode, token_strings, train_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 # Tokenizer
@@ -251,7 +248,7 @@ def test_wikitext2_reads_routed_data_dir(tmp_path, monkeypatch, no_hub):
         write_text(folder / f"wiki.{split}.tokens", text)
     monkeypatch.setenv("ROUTED_DATA_DIR", str(tmp_path / "data"))
     corpus = load_corpus("wikitext-2")
-    assert corpus == Corpus("wikitext-2", texts["train"], texts["valid"], texts["test"])
+    assert corpus == Corpus("wikitext-2", texts["train"], texts["valid"], texts["test"], markers=("<unk>",))
     assert load_corpus("wikitext-2-v1") == corpus
 
 

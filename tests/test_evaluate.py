@@ -11,18 +11,13 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny_model_config
 
-from routed.data import encode
-from routed.evaluate import TokenRecords, evaluate, exit_losses, route_text, summary, sweep, threshold_for, windows
+from routed.calibrate import threshold_for
 from routed.model import RoutedTransformer
-from routed.routing import (
-    CONFIDENCE_MEASURES,
-    compute_pct,
-    confidence,
-    confidence_measures,
-    exits_early,
-    flops_pct,
-    route,
-)
+from routed.records import TokenRecords, evaluate, exit_losses, windows
+from routed.routing import CONFIDENCE_MEASURES, confidence, confidence_measures, exits_early, route
+from routed.sweep import summary, sweep
+from routed.text import route_text
+from routed.tokenizer import encode
 
 
 @pytest.fixture(scope="module")
@@ -183,31 +178,6 @@ def test_sweep_rejects_bad_input(records):
         sweep(records, [0.5], measure="entropy")
 
 
-# ---------------------------------------------------------------------------------------------
-# Compute% and FLOPs%
-
-
-def test_compute_pct_reproduces_the_notes_example():
-    # The notes: 52.3% of tokens shallow -> Compute% 65.2% (their shallow share is itself rounded).
-    assert compute_pct(0.523, 3) == pytest.approx(65.2, abs=0.1)
-    assert compute_pct(0.523, 3) == pytest.approx(100 * (0.523 * 1 + 0.477 * 3) / 3)
-
-
-def test_compute_pct_limits_and_arrays():
-    assert compute_pct(0.0, 3) == 100.0
-    assert compute_pct(1.0, 3) == pytest.approx(100 / 3)
-    assert compute_pct(0.0, 1, reference_layers=3) == pytest.approx(100 / 3)
-    np.testing.assert_allclose(compute_pct(np.array([0.0, 0.5, 1.0]), 3), [100.0, 200 / 3, 100 / 3])
-
-
-def test_flops_pct():
-    cfg = tiny_model_config()
-    assert flops_pct(0.0, cfg, routed=False) == pytest.approx(100.0)  # a plain 3-layer model
-    assert flops_pct(0.0, cfg, routed=True) > 100.0  # all deep, plus the confidence check's head
-    assert flops_pct(1.0, cfg) < flops_pct(0.5, cfg) < flops_pct(0.0, cfg)
-    assert flops_pct(0.0, tiny_model_config(n_layers=1), routed=False) < 100.0
-
-
 def test_summary_without_routing_is_the_last_exit(records):
     row = summary(records, None)
     assert row["routed_ppl"] == pytest.approx(row["ppl_by_exit"][3])
@@ -334,7 +304,7 @@ def test_compute_pct_of_a_one_layer_model_does_not_depend_on_the_threshold():
 def test_pareto_front_keeps_only_undominated_points():
     import numpy as np
 
-    from routed.evaluate import pareto_front
+    from routed.sweep import pareto_front
 
     cost = np.array([1.0, 2.0, 3.0, 2.5, 1.0])
     ppl = np.array([9.0, 5.0, 6.0, 4.0, 10.0])
@@ -344,7 +314,7 @@ def test_pareto_front_keeps_only_undominated_points():
 def test_ppl_at_interpolates_inside_the_curve_and_is_nan_outside():
     import math
 
-    from routed.evaluate import ppl_at
+    from routed.sweep import ppl_at
 
     curve = {"compute_pct": [40.0, 100.0, 60.0], "routed_ppl": [50.0, 20.0, 40.0]}
     assert ppl_at(curve, 50.0) == pytest.approx(45.0)

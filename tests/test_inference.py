@@ -109,7 +109,8 @@ def test_generate_rejects_bad_arguments(sharp_model, kwargs, match):
 
 
 def test_multi_exit_sweep_reduces_to_the_two_exit_formulas(sharp_model):
-    from routed.evaluate import evaluate, sweep, sweep_exits
+    from routed.records import evaluate
+    from routed.sweep import sweep, sweep_exits
 
     tokens = torch.randint(0, 300, (200,), generator=torch.Generator().manual_seed(2))
     records = evaluate(sharp_model, tokens)
@@ -122,7 +123,8 @@ def test_multi_exit_sweep_reduces_to_the_two_exit_formulas(sharp_model):
 
 
 def test_multi_exit_sweep_equals_a_direct_routed_forward(sharp_model):
-    from routed.evaluate import evaluate, sweep_exits
+    from routed.records import evaluate
+    from routed.sweep import sweep_exits
 
     tokens = torch.randint(0, 300, (161,), generator=torch.Generator().manual_seed(3))
     records = evaluate(sharp_model, tokens)
@@ -138,9 +140,11 @@ def test_multi_exit_sweep_equals_a_direct_routed_forward(sharp_model):
 
 
 def test_confidence_probe_ranks_right_predictions_higher_and_skips_the_early_head(tiny_run, tiny_run_corpus):
-    from routed.data import encode
-    from routed.evaluate import evaluate, probe_training_data, sweep
-    from routed.routing import fit_confidence_probe, flops_pct
+    from routed.records import evaluate, probe_training_data
+    from routed.ledger import reference_flops, token_flops
+    from routed.routing import fit_confidence_probe
+    from routed.sweep import sweep
+    from routed.tokenizer import encode
 
     model, tok = tiny_run.model, tiny_run.tokenizer
     features, correct = probe_training_data(model, encode(tok, tiny_run_corpus.train))
@@ -152,6 +156,9 @@ def test_confidence_probe_ranks_right_predictions_higher_and_skips_the_early_hea
     assert p[records.early_correct].mean() > p[~records.early_correct].mean()
     rows = sweep(records, [0.0, 1.0], measure="probe")
     cfg = records.model_config
-    # every token deep: the plain model's FLOPs (no confidence head); every token shallow: one layer + head
-    assert rows["flops_pct"][1] == pytest.approx(flops_pct(0.0, cfg, routed=False))
-    assert rows["flops_pct"][0] == pytest.approx(flops_pct(1.0, cfg))
+    # a deep token runs one head (the last) and a probe, not the early exit's head
+    plain = token_flops(cfg, [1, 3], 3, "plain")
+    deep = 100 * token_flops(cfg, [1, 3], 3, "recompute", probe=True) / reference_flops(cfg)
+    assert rows["flops_pct"][1] == pytest.approx(deep) and deep < 100 * (plain + 1e-3 * plain) / reference_flops(cfg)
+    max_softmax = sweep(records, [1.0])["flops_pct"][0]
+    assert max_softmax - rows["flops_pct"][1] == pytest.approx(100 * (2 * cfg.d_model * cfg.vocab_size - 2 * cfg.d_model) / reference_flops(cfg))

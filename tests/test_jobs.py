@@ -102,7 +102,10 @@ def test_sweep_csv_round_trip(tmp_path):
     assert read_sweep(tmp_path) is None
     write_sweep(tmp_path, rows)
     back = read_sweep(tmp_path)
-    assert set(back) == set(rows) and np.allclose(back["compute_pct"], rows["compute_pct"])
+    assert set(rows) < set(back) and np.allclose(back["compute_pct"], rows["compute_pct"])
+    assert np.isnan(back["routed_bpb"]).all()  # a sweep without bits per byte reads as NaN
+    write_sweep(tmp_path, rows | {"routed_bpb": t, "shallow_bpb": t, "deep_bpb": t, "oracle_bpb": t})
+    assert np.allclose(read_sweep(tmp_path)["routed_bpb"], t)
     (tmp_path / "sweep.csv").write_text("threshold,routed_ppl\n0.5,3\n")
     with pytest.raises(CheckpointError, match="lacks column"):
         read_sweep(tmp_path)

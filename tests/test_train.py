@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny_corpus, tiny_model_config, tiny_train_config
 
-from routed.data import CorpusError, encode, split_by_position, train_tokenizer
-from routed.evaluate import exit_losses
+from routed.data import CorpusError, split_by_position
+from routed.loss import head_cross_entropy, weighted_exit_loss
 from routed.model import RoutedTransformer
-from routed.train import WindowSampler, head_cross_entropy, learning_rate_at, train, weighted_exit_loss
+from routed.records import exit_losses
+from routed.tokenizer import encode, train_tokenizer
+from routed.train import WindowSampler, learning_rate_at, train
 
 # ---------------------------------------------------------------------------------------------
 # The loss

@@ -1,0 +1,63 @@
+"""Shared pieces of the Streamlit app: colours, cached loaders, widgets, the token heatmap, charts.
+
+Pages import this package; it lives outside pages/ because Streamlit treats every file there as a page.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+
+def _leave_pages_folder_mode() -> None:
+    """Run app.py's st.navigation even when a fresh server's first visitor opens a page's own URL.
+
+    Until some run has called st.navigation, Streamlit treats a pages/ folder as the old automatic
+    multipage layout and would run pages/<page>.py alone (no app.py, a different sidebar). Every page
+    imports this package, so that first run is redirected: the flag is cleared and the run restarts.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without this internal: nothing to redirect
+        return
+    if getattr(PagesManager, "uses_pages_directory", False) and st.runtime.exists():
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_pages_folder_mode()
+
+from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart  # noqa: E402
+from appkit.loaders import (  # noqa: E402
+    alpha_of,
+    at_threshold,
+    baseline,
+    baseline_names,
+    baselines,
+    checkpoint,
+    checkpoint_names,
+    config,
+    corpus_of,
+    curve,
+    describe,
+    job_queue,
+    pareto_front,
+    ppl_at,
+    refresh_checkpoints,
+    reports_dir,
+    routed_text,
+    row_at,
+    shallow_mask,
+)
+from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW  # noqa: E402
+from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html  # noqa: E402
+from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload  # noqa: E402
+from appkit.widgets import model_picker, threshold_slider  # noqa: E402
+
+__all__ = [
+    "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
+    "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
+    "checkpoint_names", "compute_chart", "config", "confidence_histogram", "corpus_of", "corpus_options", "curve",
+    "describe", "generated_html", "history_chart", "job_queue", "model_picker", "pareto_front", "ppl_at",
+    "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload", "shallow_mask", "threshold_slider",
+    "token_html",
+]

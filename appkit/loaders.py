@@ -1,0 +1,218 @@
+"""Cached loaders: checkpoints, their configs and sweeps, routed texts, the training queue.
+
+Streamlit reruns a page on every widget change; these keep the work behind it to once per input.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from appkit.style import BASELINES, ROOT
+from routed.checkpoint import (
+    checkpoint_path,
+    checkpoints_dir,
+    list_checkpoints,
+    load_checkpoint,
+    read_config,
+    read_sweep,
+)
+from routed.config import ModelConfig
+from routed.ledger import execution_cost
+from routed.routing import exits_early
+
+
+def reports_dir() -> Path:
+    """Where `python -m routed reproduce` wrote its tables (ROUTED_REPORTS_DIR overrides)."""
+    return Path(os.environ.get("ROUTED_REPORTS_DIR") or ROOT / "reports" / "reproduction")
+
+
+def _stamp(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _names(root: str, stamp: int) -> list[str]:
+    return list_checkpoints(root)
+
+
+def checkpoint_names() -> list[str]:
+    """Complete checkpoint folders; the listing is re-read whenever the folder changes."""
+    root = checkpoints_dir()
+    return _names(str(root), _stamp(root))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _config(name: str, stamp: int) -> dict:
+    return read_config(checkpoint_path(name))
+
+
+def config(name: str) -> dict:
+    """The config.json of a checkpoint (no weights are read)."""
+    return _config(name, _stamp(checkpoint_path(name) / "config.json"))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _checkpoint(name: str, stamp: int):
+    return load_checkpoint(checkpoint_path(name))
+
+
+def checkpoint(name: str):
+    """A loaded checkpoint (model, tokenizer, configs), kept in memory for a few models."""
+    return _checkpoint(name, _stamp(checkpoint_path(name) / "config.json"))
+
+
+def alpha_of(cfg: dict) -> float | None:
+    """alpha = w1 / (w1 + w_last) of a checkpoint's layer weights; None when neither exit is trained."""
+    weights = {int(k): v for k, v in cfg["train"]["layer_weights"].items()}
+    w1, w_last = weights.get(1, 0.0), weights.get(cfg["model"]["n_layers"], 0.0)
+    return w1 / (w1 + w_last) if w1 + w_last > 0 and cfg["model"]["n_layers"] > 1 else None
+
+
+def describe(name: str) -> str:
+    """One line about a checkpoint: layers, layer weights, stored threshold, corpus."""
+    cfg = config(name)
+    weights = ", ".join(f"L{k}: {v:.2g}" for k, v in cfg["train"]["layer_weights"].items() if v > 0)
+    t = cfg["train"].get("routing_threshold")
+    return (
+        f"{cfg['model']['n_layers']} layer(s), d_model {cfg['model']['d_model']}; loss weights {{{weights}}}; "
+        f"threshold {'none' if t is None else t}; corpus {Path(cfg['corpus']['name']).name}"
+    )
+
+
+@st.cache_data(max_entries=32, show_spinner="Evaluating the test split…")
+def _curve(name: str, stamp: int) -> pd.DataFrame | str:
+    from routed.records import records_for_checkpoint
+    from routed.sweep import sweep
+
+    try:
+        config(name)  # a checkpoint this version cannot read shows no curve either
+        rows = read_sweep(checkpoint_path(name))
+    except (ValueError, OSError) as exc:
+        return f"{name}: {exc}"
+    if rows is None:
+        try:
+            rows = sweep(records_for_checkpoint(checkpoint(name), "test"), np.linspace(0.0, 1.0, 1001))
+        except (ValueError, OSError) as exc:  # remembered, so an offline corpus is not retried every rerun
+            return f"{name}: no sweep.csv, and its test split cannot be evaluated: {exc}"
+    return pd.DataFrame(rows).sort_values("threshold", ignore_index=True)
+
+
+def at_threshold(records, threshold: float, measure: str) -> dict:
+    """The sweep numbers of records at one threshold, as floats."""
+    from routed.sweep import sweep
+
+    return {k: float(v[0]) for k, v in sweep(records, [threshold], measure).items()}
+
+
+def curve(name: str) -> pd.DataFrame:
+    """Routed PPL, Shallow%, Compute%, FLOPs% (and shallow/deep/oracle PPL) over all thresholds."""
+    result = _curve(name, _stamp(checkpoint_path(name) / "config.json"))
+    if isinstance(result, str):
+        raise ValueError(result)
+    return result
+
+
+def row_at(frame: pd.DataFrame, threshold: float) -> dict:
+    """The sweep row nearest to `threshold`."""
+    return frame.iloc[int((frame["threshold"] - threshold).abs().argmin())].to_dict()
+
+
+def baseline(name: str) -> dict:
+    """A checkpoint without routing: every token takes the last exit (Compute% against 3 layers)."""
+    cfg = ModelConfig.from_dict(config(name)["model"])
+    ppl = float(curve(name)["deep_ppl"].iloc[0])
+    return {
+        "routed_ppl": ppl,
+        "shallow_pct": 0.0,
+        **dict(zip(("compute_pct", "flops_pct"), execution_cost(cfg, {cfg.n_layers: 1.0}, "plain"))),
+        "deep_ppl": ppl,
+    }
+
+
+def corpus_of(name: str) -> str:
+    """The corpus a checkpoint was trained and evaluated on (PPLs compare only within one corpus and tokenizer)."""
+    cfg = config(name)
+    return f"{cfg['corpus']['name']}, vocabulary {cfg['model']['vocab_size']}"
+
+
+def _corpus_or_none(name: str) -> str | None:
+    try:
+        return corpus_of(name)
+    except ValueError:  # unreadable config: not a usable baseline
+        return None
+
+
+def baseline_names(corpus: str | None = None) -> dict[str, str]:
+    """{label: checkpoint} of Standard 1L/3L: named standard_1l or <prefix>-standard_1l (likewise 3L).
+
+    With `corpus`, those trained on it come first; otherwise the one named exactly, if any.
+    """
+    names = checkpoint_names()
+    found = {}
+    for label, base in BASELINES.items():
+        candidates = [n for n in names if n == base or n.endswith("-" + base)]
+        same = [n for n in candidates if corpus is not None and _corpus_or_none(n) == corpus]
+        choice = same[:1] or [n for n in candidates if n == base]
+        if choice:
+            found[label] = choice[0]
+    return found
+
+
+def baselines(corpus: str | None = None) -> dict[str, dict]:
+    """The Standard 1L and 3L points (see baseline_names), for those whose checkpoints exist."""
+    return {label: baseline(name) for label, name in baseline_names(corpus).items()}
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The points no other point beats on both x and y, by ascending x."""
+    from routed.sweep import pareto_front as front
+
+    return points[front(points[x], points[y])].sort_values(x, ignore_index=True)
+
+
+def ppl_at(frame: pd.DataFrame, x: str, level: float) -> float:
+    """Routed PPL where the curve's x (Compute% or FLOPs%) equals `level`; NaN outside the curve."""
+    from routed.sweep import ppl_at as interpolate
+
+    return interpolate(frame, level, x)
+
+
+@st.cache_data(max_entries=16, show_spinner="Routing the text…")
+def routed_text(name: str, fingerprint: str, text: str):
+    """(RoutedText, {token id: string}) of `text`; threshold-free, so moving a threshold reuses it."""
+    from routed.text import route_text
+    from routed.tokenizer import token_strings
+
+    ckpt = checkpoint(name)
+    result = route_text(ckpt.model, ckpt.tokenizer, text, None)
+    ids = sorted({int(i) for top in (result.records.top_ids or {}).values() for i in top.ravel()})
+    return result, dict(zip(ids, token_strings(ckpt.tokenizer, ids)))
+
+
+def shallow_mask(records, threshold: float, measure: str) -> np.ndarray:
+    import torch
+
+    return exits_early(torch.from_numpy(records.confidence[measure]), threshold).numpy()
+
+
+@st.cache_resource(max_entries=1)
+def job_queue():
+    """The process-wide training queue (one worker thread)."""
+    from routed.jobs import JobQueue
+
+    return JobQueue()
+
+
+def refresh_checkpoints() -> None:
+    """Forget the cached checkpoint listing (after a run saved a new folder)."""
+    _names.clear()
+
+

@@ -1,0 +1,97 @@
+"""How long must a preset train before more training stops helping? Final validation PPL per budget.
+
+    ROUTED_DATA_DIR=../shared/data python benchmarks/convergence.py --corpus wikitext-2 --epochs 1,2,4,8
+
+Trains one preset (default standard_3l, the slowest to converge) at each budget, each with its own
+warm-up and cosine schedule, and prints the final and best validation PPL of the last exit per budget
+and the validation curves. Each budget's result is written to OUT/<corpus>-<preset>-<budget>.json as it
+finishes, and finished budgets are skipped, so several processes can share the work and a stopped run
+resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from routed.config import get_preset
+from routed.data import load_corpus
+from routed.tokenizer import encode, train_tokenizer
+from routed.train import train
+
+
+def budget_label(epochs: float | None, steps: int | None) -> str:
+    return f"e{epochs:g}" if epochs is not None else f"s{steps}"
+
+
+def run_budget(args, corpus, tokenizer, ids, epochs, steps, path: Path) -> dict:
+    preset = get_preset(args.preset)
+    model_config = preset.model_config(vocab_size=tokenizer.get_vocab_size(), d_model=args.d_model, n_heads=args.n_heads)
+    budget = {"epochs": epochs, "steps": None} if epochs is not None else {"steps": steps}
+    train_config = preset.train_config(seed=args.seed, eval_interval=args.eval_interval, patience=None, **budget)
+    start = time.perf_counter()
+    result = train(model_config, train_config, corpus, tokenizer=tokenizer, encoded=ids)
+    last = model_config.n_layers
+    curve = [{"step": h["step"], "tokens": h["tokens"], "val_ppl": h["val_ppl"][last]} for h in result.history]
+    record = {
+        "corpus": args.corpus, "preset": args.preset, "seed": args.seed, "epochs": epochs, "steps": curve[-1]["step"],
+        "vocab_size": tokenizer.get_vocab_size(), "final_val_ppl": curve[-1]["val_ppl"],
+        "best_val_ppl": min(c["val_ppl"] for c in curve), "best_step": result.best_step,
+        "train_s": time.perf_counter() - start, "curve": curve,
+    }
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="wikitext-2")
+    parser.add_argument("--preset", default="standard_3l")
+    parser.add_argument("--epochs", help="comma-separated budgets in epochs, e.g. 1,2,4,8")
+    parser.add_argument("--steps", help="comma-separated budgets in optimiser steps")
+    parser.add_argument("--vocab-size", type=int, default=4096)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--n-heads", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-interval", type=int, default=125)
+    parser.add_argument("--out", default="reports/convergence")
+    args = parser.parse_args()
+    budgets = [(float(e), None) for e in (args.epochs or "").split(",") if e] + [
+        (None, int(s)) for s in (args.steps or "").split(",") if s
+    ]
+    if not budgets:
+        parser.error("give --epochs or --steps")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(args.corpus)
+    tokenizer = train_tokenizer(corpus.train, args.vocab_size, corpus.markers)
+    ids = (encode(tokenizer, corpus.train), encode(tokenizer, corpus.validation))
+    size = "" if (args.d_model, args.n_heads) == (128, 4) else f"-d{args.d_model}"
+    for epochs, steps in budgets:
+        path = out / f"{args.corpus}-{args.preset}{size}-v{tokenizer.get_vocab_size()}-{budget_label(epochs, steps)}.json"
+        claim = path.with_name(path.name + ".claim")
+        if path.exists():
+            record = json.loads(path.read_text())
+        else:
+            try:
+                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                print(f"{path.name}: being trained by another process, skipped", flush=True)
+                continue
+            os.close(fd)
+            try:
+                record = run_budget(args, corpus, tokenizer, ids, epochs, steps, path)
+            finally:
+                claim.unlink(missing_ok=True)
+        print(f"{path.name}: {record['steps']} steps, final val PPL {record['final_val_ppl']:.2f}, "
+              f"best {record['best_val_ppl']:.2f} at step {record['best_step']}, {record['train_s'] / 60:.1f} min",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
