@@ -6,7 +6,8 @@ import pytest
 
 from routed.checkpoint import list_checkpoints, load_checkpoint, read_sweep
 from routed.config import PRESETS
-from routed.reproduce import ReproduceSettings, compare, export_checkpoints, report_path, reproduce
+from routed.report import report_path
+from routed.reproduce import ReproduceSettings, export_checkpoints, planned_runs, reproduce
 from tests.helpers import repetitive_text
 
 
@@ -33,7 +34,8 @@ def test_every_preset_is_trained_for_each_seed_and_lpt_routing_shares_lpt(reprod
 def test_report_has_every_table_with_error_bars_and_verdicts(reproduced):
     _, out, _ = reproduced
     report = report_path(out).read_text()
-    for heading in ("Final ranking", "Threshold analysis: standard_routing", "Threshold analysis: lpt", "claims, checked", "Regime"):
+    for heading in ("Convergence", "Final ranking", "Threshold analysis: standard_routing", "Threshold analysis: lpt",
+                    "claims, checked", "What exits", "What could produce the notes' numbers", "Regime"):
         assert heading in report
     assert "±" in report  # two seeds give a standard deviation
     with open(out / "final_ranking.csv") as f:
@@ -43,7 +45,13 @@ def test_report_has_every_table_with_error_bars_and_verdicts(reproduced):
     assert all(r["n_seeds"] == "2" for r in ranking)
     with open(out / "verdicts.csv") as f:
         verdicts = list(csv.DictReader(f))
-    assert verdicts and {v["verdict"].split(" (")[0] for v in verdicts} <= {"held", "not held", "within noise"}
+    assert verdicts and {v["verdict"].split(" (")[0] for v in verdicts} <= {"held", "contradicted", "not shown", "not held"}
+    tested = [v for v in verdicts if v["test"]]
+    assert tested and all(v["p"] and v["ci_low"] and v["ci_high"] for v in tested)  # effect, CI and p, every one
+    assert any(v["test"].startswith("block bootstrap") for v in tested)  # the threshold claims: within one model
+    assert any(v["test"] == "paired t" for v in tested)  # between presets: seed-matched
+    with open(out / "convergence.csv") as f:
+        assert len(list(csv.DictReader(f))) == 12
     sweep = read_sweep(out / "runs" / "asymmetric_best-s0" / "sweep.csv")
     assert len(sweep["threshold"]) == 1001
 
@@ -80,7 +88,30 @@ def test_export_prefix_names_the_copies_and_must_stay_a_plain_name(reproduced, t
     assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith("standard")) == []
 
 
-def test_compare_uses_two_standard_errors():
-    assert compare([10.0, 10.1, 9.9], [12.0, 12.1, 11.9]) == "better"
-    assert compare([12.0, 12.1, 11.9], [10.0, 10.1, 9.9]) == "worse"
-    assert compare([10.0, 11.0, 9.0], [10.2, 11.2, 9.2]) == "within noise"
+def test_a_folder_of_other_settings_is_refused(reproduced):
+    settings, out, _ = reproduced
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="other settings .*steps"):
+        reproduce(replace(settings, steps=5), out, log=lambda _: None)
+    assert (out / "runs" / "standard_3l-s0" / "result.json").exists()
+
+
+def test_runs_write_bpb_marker_free_and_every_token_sweeps(reproduced):
+    _, out, _ = reproduced
+    run = out / "runs" / "asymmetric_best-s0"
+    clean, every = read_sweep(run / "sweep.csv"), read_sweep(run / "sweep_all.csv")
+    assert (clean["routed_bpb"] > 0).all() and (every["routed_bpb"] > 0).all()
+    import json
+
+    result = json.loads((run / "result.json").read_text())
+    assert result["convergence"]["status"] in ("converged", "not converged", "too few validations")
+    assert set(result["what_exits"]) == {"0.5", "0.95"}
+
+
+def test_the_alpha_sweep_holds_fixed_alphas_and_a_schedule():
+    runs = {r.name: r for r in planned_runs(ReproduceSettings(alpha_schedules=[[0.9, 0.5]]))}
+    assert {"alpha_0.3", "alpha_0.9", "alpha_0.9to0.5"} <= set(runs)
+    schedule = runs["alpha_0.9to0.5"]
+    assert schedule.layer_weights == {1: 0.9, 3: 0.1} and schedule.final_layer_weights == {1: 0.5, 3: 0.5}
+    assert "alpha_0.9to0.5" not in {r.name for r in planned_runs(ReproduceSettings(alphas=False))}

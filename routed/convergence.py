@@ -1,0 +1,35 @@
+"""Has a run converged? Its validation curve: where it was best, and what its last stretch still gained.
+
+A run that passed its best validation loss (early stopping, or overfitting) has converged. A run whose best
+step is its last may still have flattened: under a cosine schedule the last step is nearly always the best,
+so such a run is called converged only when its last fifth of training improved validation PPL by under 1%.
+"""
+
+from __future__ import annotations
+
+import math
+
+TAIL = 0.2  # the last fifth of training
+TOLERANCE_PCT = 1.0  # at most this much PPL gained over the tail counts as flat
+
+
+def convergence(history: list[dict], tail: float = TAIL, tolerance_pct: float = TOLERANCE_PCT) -> dict:
+    """{status, best_step, last_step, tail_from_step, tail_gain_pct} of a training history (validation records)."""
+    records = [h for h in history if math.isfinite(h.get("val_loss", math.nan))]
+    if not records:
+        return {"status": "no validation", "best_step": None, "last_step": None, "tail_from_step": None,
+                "tail_gain_pct": None}
+    steps = [h["step"] for h in records]
+    losses = [h["val_loss"] for h in records]
+    last = steps[-1]
+    best = min(range(len(losses)), key=lambda i: (losses[i], steps[i]))
+    start = max([i for i, s in enumerate(steps) if s <= (1 - tail) * last] or [0])
+    gain_pct = 100.0 * math.expm1(losses[start] - min(losses[start:]))  # PPL = exp(loss)
+    if steps[best] < last:
+        status = "converged"  # it passed its best: more training did not help
+    elif len(records) < 2 or start == len(records) - 1:
+        status = "too few validations"
+    else:
+        status = "converged" if gain_pct < tolerance_pct else "not converged"
+    return {"status": status, "best_step": steps[best], "last_step": last, "tail_from_step": steps[start],
+            "tail_gain_pct": gain_pct}
