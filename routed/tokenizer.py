@@ -74,7 +74,7 @@ def token_byte_lengths(tokenizer):
         elif all(c in _BYTE_VALUES for c in piece):
             lengths[i] = len(piece)
         else:
-            lengths[i] = len(tokenizer.decode([i]).encode("utf-8"))
+            lengths[i] = len(tokenizer.decode([i], skip_special_tokens=False).encode("utf-8"))
     return lengths
 
 
@@ -92,7 +92,7 @@ def decode(tokenizer, ids) -> str:
 
 def token_strings(tokenizer, ids) -> list[str]:
     """The text of each token on its own (a token may hold part of a multi-byte character)."""
-    return [tokenizer.decode([int(i)]) for i in ids]
+    return [tokenizer.decode([int(i)], skip_special_tokens=False) for i in ids]
 
 
 def _byte_values() -> dict[str, int]:
@@ -114,13 +114,16 @@ def token_texts(tokenizer, ids) -> list[str]:
     import codecs
 
     utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    added = tokenizer.get_added_tokens_decoder()
     texts = []
     for i in ids:
         piece = tokenizer.id_to_token(int(i))
         try:
+            if int(i) in added:  # a marker: its text as written, not byte-level characters
+                raise KeyError(piece)
             data = bytes(_BYTE_VALUES[c] for c in piece)
         except (KeyError, TypeError):  # not a byte-level token: its own text
-            data = tokenizer.decode([int(i)]).encode("utf-8")
+            data = tokenizer.decode([int(i)], skip_special_tokens=False).encode("utf-8")
         texts.append(utf8.decode(data))
     if texts:
         texts[-1] += utf8.decode(b"", final=True)
