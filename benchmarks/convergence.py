@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -48,6 +49,56 @@ def run_budget(args, corpus, tokenizer, ids, epochs, steps, path: Path) -> dict:
     return record
 
 
+def write_report(out: Path) -> Path:
+    """reports/convergence.md (beside OUT) and one figure per corpus: final PPL per budget and the curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from routed.convergence import convergence
+
+    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    groups: dict[tuple, list] = {}
+    for r in records:
+        groups.setdefault((r["corpus"], r["preset"], r["vocab_size"]), []).append(r)
+    lines = ["# How long to train: validation PPL against the token budget", "",
+             "Each row is one run of the preset with its own warm-up and cosine schedule over the whole budget "
+             "(seed 0, default size, validation on the first 65,536 validation tokens, corpus markers as single "
+             "tokens). Command: `ROUTED_DATA_DIR=../shared/data python benchmarks/convergence.py --corpus CORPUS "
+             "--epochs ... | --steps ...` (then `--report`).", ""]
+    for (corpus, preset, vocab), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: r["curve"][-1]["tokens"])
+        lines += [f"## {corpus}, {preset}, vocabulary {vocab}", "",
+                  "| budget | steps | tokens (M) | final val PPL | best val PPL (step) | gain over the budget before | "
+                  "last fifth gained | minutes |", "|---|---|---|---|---|---|---|---|"]
+        previous = None
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for r in rs:
+            budget = f"{r['epochs']:g} epochs" if r.get("epochs") else f"{r['steps']} steps"
+            history = [{"step": c["step"], "val_loss": math.log(c["val_ppl"])} for c in r["curve"]]
+            tail = convergence(history)["tail_gain_pct"]
+            gain = f"{100 * (previous / r['final_val_ppl'] - 1):.1f}%" if previous else "–"
+            lines.append(f"| {budget} | {r['steps']} | {r['curve'][-1]['tokens'] / 1e6:.1f} | {r['final_val_ppl']:.2f} | "
+                         f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {gain} | {tail:.1f}% | {r['train_s'] / 60:.1f} |")
+            previous = r["final_val_ppl"]
+            ax.plot([c["tokens"] / 1e6 for c in r["curve"]], [c["val_ppl"] for c in r["curve"]], label=budget)
+        ax.set_yscale("log")
+        ax.set_xlabel("training tokens (millions)")
+        ax.set_ylabel("validation PPL (last exit)")
+        ax.set_title(f"{preset} on {corpus}: one curve per budget")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        figure = out / f"{corpus}-{preset}-v{vocab}.png"
+        fig.savefig(figure, dpi=110)
+        plt.close(fig)
+        lines += ["", f"![curves]({out.name}/{figure.name})", ""]
+    path = out.parent / f"{out.name}.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="wikitext-2")
@@ -60,7 +111,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-interval", type=int, default=125)
     parser.add_argument("--out", default="reports/convergence")
+    parser.add_argument("--report", action="store_true", help="only write reports/convergence.md from finished budgets")
     args = parser.parse_args()
+    if args.report:
+        print(f"wrote {write_report(Path(args.out))}")
+        return
     budgets = [(float(e), None) for e in (args.epochs or "").split(",") if e] + [
         (None, int(s)) for s in (args.steps or "").split(",") if s
     ]

@@ -8,14 +8,15 @@ import pandas as pd
 import streamlit as st
 
 import appkit
-from routed.reproduce import report_path
+from routed.report import report_path
 
 TABLES = {
-    "final_ranking.csv": "Final ranking: the notes against our runs (mean ± std over seeds)",
+    "verdicts.csv": "Verdicts on the notes' claims: effect (a − b), 95% CI and p of a paired test",
+    "final_ranking.csv": "Final ranking: the notes against our runs (mean ± std over seeds; markers left out)",
+    "convergence.csv": "Convergence: every run's best step, and what its last fifth of training still gained",
     "threshold_standard_routing.csv": "Threshold analysis: standard routing",
     "threshold_lpt.csv": "Threshold analysis: LPT",
-    "alpha_sweep.csv": "Alpha sweep",
-    "verdicts.csv": "Verdicts on the notes' claims",
+    "alpha_sweep.csv": "Alpha sweep (fixed alphas and schedules)",
 }
 LABELS = {  # column headers; columns not named here keep their CSV names
     "notes_ppl": "PPL (notes)",
@@ -31,6 +32,15 @@ LABELS = {  # column headers; columns not named here keep their CSV names
     "shallow_ppl_mean": "shallow-only PPL",
     "deep_ppl_mean": "deep-only PPL",
     "n_seeds": "seeds",
+    "ppl_all_tokens_mean": "PPL, all tokens",
+    "shallow_pct_all_tokens_mean": "Shallow%, all tokens",
+    "bpb_mean": "bits/byte",
+    "bpb_at_095_mean": "bits/byte at .95",
+    "converged_runs": "converged runs",
+    "ci_low": "95% CI low",
+    "ci_high": "95% CI high",
+    "bootstrap_ci": "seed bootstrap 95% CI",
+    "tail_gain_pct": "last fifth gained %",
 }
 RUNS = appkit.ROOT / "runs"  # quick reproductions go to runs/quick-<corpus>/ (git-ignored)
 
@@ -57,8 +67,11 @@ for file, title in TABLES.items():
     if (folder / file).is_file():
         st.subheader(title)
         try:
-            table = pd.read_csv(folder / file).round(2)
-            st.dataframe(table, hide_index=True, column_config={c: LABELS[c] for c in table.columns if c in LABELS})
+            table = pd.read_csv(folder / file)
+            config = {c: LABELS[c] for c in table.columns if c in LABELS}
+            if "p" in table.columns:  # p-values keep their small digits; other numbers two decimals
+                config["p"] = st.column_config.NumberColumn("p", format="%.2g")
+            st.dataframe(table.round({c: 2 for c in table.columns if c != "p"}), hide_index=True, column_config=config)
             shown += 1
         except (OSError, ValueError) as exc:  # pandas' ParserError is a ValueError
             st.error(f"{file}: cannot be read ({exc})")

@@ -228,6 +228,7 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
             (run_dir / "claim").unlink(missing_ok=True)
         log(f"{tag}: test PPL by exit {result['ppl_by_exit']} (markers left out), "
             f"trained in {result['train_s'] / 60:.1f} min")
+        compute_hypotheses(out, tokenizer, ids["test"], log)  # once the seed-0 models it needs exist
         write_report(out, settings, session_s=time.perf_counter() - started)
     compute_hypotheses(out, tokenizer, ids["test"], log)
     path = write_report(out, settings, session_s=time.perf_counter() - started)
