@@ -35,6 +35,7 @@ from appkit.loaders import (  # noqa: E402
     baselines,
     checkpoint,
     checkpoint_names,
+    checkpoint_problems,
     config,
     corpus_of,
     curve,
@@ -51,13 +52,13 @@ from appkit.loaders import (  # noqa: E402
 from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW  # noqa: E402
 from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html  # noqa: E402
 from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload  # noqa: E402
-from appkit.widgets import model_picker, threshold_slider  # noqa: E402
+from appkit.widgets import model_picker, show_problems, threshold_slider  # noqa: E402
 
 __all__ = [
     "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
     "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
-    "checkpoint_names", "compute_chart", "config", "confidence_histogram", "corpus_of", "corpus_options", "curve",
-    "describe", "generated_html", "history_chart", "job_queue", "model_picker", "pareto_front", "ppl_at",
-    "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload", "shallow_mask", "threshold_slider",
-    "token_html",
+    "checkpoint_names", "checkpoint_problems", "compute_chart", "config", "confidence_histogram", "corpus_of",
+    "corpus_options", "curve", "describe", "generated_html", "history_chart", "job_queue", "model_picker",
+    "pareto_front", "ppl_at", "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload",
+    "shallow_mask", "show_problems", "threshold_slider", "token_html",
 ]

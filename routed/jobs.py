@@ -7,6 +7,7 @@ and sets its cancel flag. Finished runs are saved as checkpoint folders.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
@@ -74,9 +75,14 @@ class JobQueue:
         self.on_finish = on_finish
 
     def submit(self, job: TrainJob) -> TrainJob:
-        """Queue a job; a ValueError if its checkpoint folder exists or an active job will write it."""
+        """Queue a job; a ValueError if its name is invalid or taken, or the model does not fit in memory."""
+        from routed.folders import check_name
+        from routed.limits import check_memory
+
+        check_name(job.name)
+        check_memory(job.model_config, job.train_config.batch_size)
         with self._lock:  # checked and claimed in one step, so two users cannot both take one name
-            if job.out.exists() or any(j.out == job.out and j.active for j in self._jobs):
+            if os.path.lexists(job.out) or any(j.out == job.out and j.active for j in self._jobs):
                 raise ValueError(f"checkpoint name: {job.name!r} is already taken; choose another name")
             self._jobs.append(job)
             if self._worker is None or not self._worker.is_alive():
@@ -106,7 +112,10 @@ class JobQueue:
 def run_job(job: TrainJob) -> TrainJob:
     """Train and save one job, recording progress and the outcome on it (never raises)."""
     from routed.checkpoint import save_trained
+    from routed.tokenizer import TokenizerCancelled
     from routed.train import train
+
+    taken = "another program saved a checkpoint of that name while this run trained; nothing was replaced"
 
     job.status = "running"
 
@@ -126,13 +135,19 @@ def run_job(job: TrainJob) -> TrainJob:
         )
         if result.cancelled:
             job.status = "cancelled"
-        elif result.diverged:  # the last good weights are saved, but the run is not a success
-            save_trained(job.out, result, extra=job.extra)
-            job.error = f"training stopped: {result.diverged}; the last good weights were saved"
+        elif result.diverged and not result.good_weights:
+            job.error = f"training stopped: {result.diverged}; no validated finite weights: nothing was saved"
+            job.status = "failed"
+        elif result.diverged:  # the last good weights are saved (config.json says so), but the run is no success
+            save_trained(job.out, result, extra=job.extra, replace=False, hint=taken)
+            job.error = (f"training stopped: {result.diverged}; the weights validated at step {result.best_step} "
+                         "were saved")
             job.status = "failed"
         else:
-            save_trained(job.out, result, extra=job.extra)
+            save_trained(job.out, result, extra=job.extra, replace=False, hint=taken)
             job.status = "done"
+    except TokenizerCancelled:
+        job.status = "cancelled"
     except (ValueError, OSError) as exc:  # CorpusError and CheckpointError are ValueErrors
         job.error, job.status = str(exc), "failed"
     except Exception as exc:  # a bug: keep the worker alive and say where it happened
