@@ -7,27 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-
-def _leave_pages_folder_mode() -> None:
-    """Run app.py's st.navigation even when a fresh server's first visitor opens a page's own URL.
-
-    Until some run has called st.navigation, Streamlit treats a pages/ folder as the old automatic
-    multipage layout and would run pages/<page>.py alone (no app.py, a different sidebar). Every page
-    imports this package, so that first run is redirected: the flag is cleared and the run restarts.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without this internal: nothing to redirect
-        return
-    if getattr(PagesManager, "uses_pages_directory", False) and st.runtime.exists():
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_leave_pages_folder_mode()
-
-from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart  # noqa: E402
-from appkit.loaders import (  # noqa: E402
+from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart
+from appkit.loaders import (
     alpha_of,
     at_threshold,
     baseline,
@@ -49,10 +30,10 @@ from appkit.loaders import (  # noqa: E402
     row_at,
     shallow_mask,
 )
-from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW  # noqa: E402
-from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html  # noqa: E402
-from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload  # noqa: E402
-from appkit.widgets import model_picker, show_problems, threshold_slider  # noqa: E402
+from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW
+from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html
+from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload
+from appkit.widgets import model_picker, show_problems, threshold_slider
 
 __all__ = [
     "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
@@ -62,3 +43,24 @@ __all__ = [
     "pareto_front", "ppl_at", "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload",
     "shallow_mask", "show_problems", "threshold_slider", "token_html",
 ]
+
+
+def _leave_pages_folder_mode() -> None:
+    """Run app.py's st.navigation even when a fresh server's first visitor opens a page's own URL.
+
+    Until some run has called st.navigation, Streamlit treats a pages/ folder as the old automatic
+    multipage layout and would run pages/<page>.py alone (no app.py, a different sidebar). Every page
+    imports this package, so that first run is redirected: the flag is cleared and the run restarts.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without this internal: nothing to redirect
+        return
+    if getattr(PagesManager, "uses_pages_directory", False) and st.runtime.exists():
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+# Last, once every name above is bound: a run that restarts here leaves a complete module behind, so
+# a concurrent first visitor whose page imported this package meanwhile never sees it half-built.
+_leave_pages_folder_mode()
