@@ -137,7 +137,7 @@ def read_config(path: Path | str) -> dict:
     recover(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a folder")
-    missing = [f for f in FILES[:3] if not (path / f).is_file()]
+    missing = [f for f in FILES[:3] if not os.path.lexists(path / f)]  # odd files are refused when read
     if missing:
         raise CheckpointError(f"checkpoint {path.name!r}: missing {', '.join(missing)}")
     where = f"checkpoint {path.name!r}: config.json"

@@ -115,6 +115,19 @@ def check_replaceable(path: Path, kind: Kind, replace: bool, hint: str = "add --
         raise OutputError(f"{what}: {path}: its parent {path.parent} is not a folder")
 
 
+def check_writable(path: Path, what: str = "out") -> None:
+    """OutputError unless something can be created where `path` will be (in its nearest existing ancestor),
+    so that a run is refused before it starts rather than failing at its save. Nothing is left behind."""
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=ancestor)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise OutputError(f"{what}: cannot write in {ancestor} ({exc.strerror or exc})") from None
+
+
 def remove_owned(folder: Path, names) -> bool:
     """Delete the regular files named `names` in `folder`, then the folder if it is empty; True when gone."""
     for name in names:

@@ -54,7 +54,7 @@ def read_header(path: Path, max_file_bytes: int, error: type[Exception], what: s
     header.pop("__metadata__", None)
     tensors = {}
     for name, entry in header.items():
-        tensors[name] = _entry(name, entry, invalid, error)
+        tensors[name] = _entry(name, entry, what, invalid, error)
     spans = sorted((begin, end, name) for name, (_, _, begin, end) in tensors.items())
     position = 0
     for begin, end, name in spans:  # the data is the tensors back to back, each once
@@ -67,12 +67,12 @@ def read_header(path: Path, max_file_bytes: int, error: type[Exception], what: s
     return result
 
 
-def _entry(name: str, entry, invalid: str, error) -> tuple[str, tuple[int, ...], int, int]:
+def _entry(name: str, entry, what: str, invalid: str, error) -> tuple[str, tuple[int, ...], int, int]:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         raise error(f"{invalid}: header entry {name[:80]!r} lacks dtype/shape/data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in ITEM_BYTES:
-        raise error(f"{name[:80]!r} has dtype {str(dtype)[:20]!r}: a checkpoint holds floating-point weights only "
+        raise error(f"{what}: tensor {name[:80]!r} has dtype {str(dtype)[:20]!r}: a checkpoint holds floating-point weights only "
                     f"({', '.join(ITEM_BYTES)})")
     if not (isinstance(shape, list) and len(shape) <= 8 and all(_count(n) for n in shape)):
         raise error(f"{invalid}: tensor {name[:80]!r} has the shape {str(shape)[:80]}")

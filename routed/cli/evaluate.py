@@ -116,7 +116,7 @@ def csv_output(args):
     """Where `sweep --csv` writes: a new file, a sweep of ours (with --force), or a checkpoint folder's sweep.csv."""
     from pathlib import Path
 
-    from routed.folders import CHECKPOINT, OutputError, check_output_file, ownership_problem
+    from routed.folders import CHECKPOINT, OutputError, check_output_file, check_writable, ownership_problem
     from routed.sweepfile import SWEEP_FILE, is_sweep_csv
 
     if args.exits:
@@ -127,6 +127,7 @@ def csv_output(args):
             raise OutputError(f"csv: {path} is a folder and not a routed checkpoint; give a file path")
         path = path / SWEEP_FILE
     check_output_file(path, is_sweep_csv, args.force, "csv")
+    check_writable(path, "csv")
     return path
 
 

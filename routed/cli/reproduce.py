@@ -13,7 +13,15 @@ def check_outputs(args) -> None:
     path holding another file, and --export targets that are not free (or ours, with --force)."""
     from routed.config import PRESETS
     from routed.files import MB, read_json
-    from routed.folders import CHECKPOINT, OutputError, check_name, check_output_file, check_replaceable, output_folder
+    from routed.folders import (
+        CHECKPOINT,
+        OutputError,
+        check_name,
+        check_output_file,
+        check_replaceable,
+        check_writable,
+        output_folder,
+    )
 
     out = output_folder(args.out, "out")
     if os.path.lexists(out):
@@ -33,6 +41,7 @@ def check_outputs(args) -> None:
             return f.read(len(REPORT_TITLE)) == REPORT_TITLE
 
     check_output_file(out.parent / f"{out.name}.md", is_report, True, "out (its report)")
+    check_writable(out)
     if args.export:
         dest = Path(os.path.abspath(args.export))
         if os.path.lexists(dest) and (dest.is_symlink() or not dest.is_dir()):

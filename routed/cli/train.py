@@ -77,7 +77,7 @@ def check_outputs(args, model_config, train_config) -> tuple[Path, Path]:
     """The checkpoint folder and resume-state folder of a run, refused before it starts when they are not
     free (or ours, with --force or --resume), or the run would not fit in memory."""
     from routed.checkpoint import train_state_path
-    from routed.folders import CHECKPOINT, TRAIN_STATE, OutputError, check_replaceable, output_folder
+    from routed.folders import CHECKPOINT, TRAIN_STATE, OutputError, check_replaceable, check_writable, output_folder
     from routed.limits import check_memory
 
     out = output_folder(args.out, "out")
@@ -88,6 +88,7 @@ def check_outputs(args, model_config, train_config) -> tuple[Path, Path]:
         raise OutputError(f"out: {state} holds the state of an interrupted run of {out.name}: add --resume to "
                           "continue it, or --force to start afresh (it is then replaced)")
     check_memory(model_config, train_config.batch_size, device=args.device if args.device.startswith("cuda") else "cpu")
+    check_writable(out)
     return out, state
 
 
