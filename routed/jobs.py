@@ -65,9 +65,10 @@ class TrainJob:
 
 
 class JobQueue:
-    """Queued TrainJobs, processed in order by one daemon worker thread."""
+    """Queued TrainJobs, processed in order by one daemon worker thread; at most `max_active` waiting or running."""
 
-    def __init__(self, on_finish: Callable[[TrainJob], None] | None = None):
+    def __init__(self, on_finish: Callable[[TrainJob], None] | None = None, max_active: int = 16):
+        self.max_active = max_active
         self._queue: queue.Queue[TrainJob] = queue.Queue()
         self._jobs: list[TrainJob] = []
         self._lock = threading.Lock()
@@ -84,6 +85,9 @@ class JobQueue:
         with self._lock:  # checked and claimed in one step, so two users cannot both take one name
             if os.path.lexists(job.out) or any(j.out == job.out and j.active for j in self._jobs):
                 raise ValueError(f"checkpoint name: {job.name!r} is already taken; choose another name")
+            if sum(j.active for j in self._jobs) >= self.max_active:  # one user must not queue days of work
+                raise ValueError(f"queue: {self.max_active} runs are already waiting or running; "
+                                 "wait for one to finish or cancel one")
             self._jobs.append(job)
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="routed-train", daemon=True)

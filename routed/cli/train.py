@@ -87,7 +87,9 @@ def check_outputs(args, model_config, train_config) -> tuple[Path, Path]:
     if state.is_dir() and any(state.iterdir()) and not (args.resume or args.force):
         raise OutputError(f"out: {state} holds the state of an interrupted run of {out.name}: add --resume to "
                           "continue it, or --force to start afresh (it is then replaced)")
-    check_memory(model_config, train_config.batch_size, device=args.device if args.device.startswith("cuda") else "cpu")
+    from routed.devices import pick_device
+
+    check_memory(model_config, train_config.batch_size, device=str(pick_device(args.device)))
     check_writable(out)
     return out, state
 
