@@ -60,8 +60,8 @@ def check_name(name: str, what: str = "checkpoint name") -> str:
         raise OutputError(f"{what}: {name[:40]!r}... is {len(name.encode('utf-8', 'surrogatepass'))} bytes long; "
                           f"the limit is {MAX_NAME_BYTES}")
     if not _NAME.fullmatch(name):
-        raise OutputError(f"{what}: {name!r} may hold only letters, digits and _ . + - (and starts with a letter "
-                          "or digit)")
+        raise OutputError(f"{what}: {name!r} must be a plain folder name of letters, digits and _ . + - "
+                          "(starting with a letter or digit)")
     return name
 
 
