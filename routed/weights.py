@@ -101,14 +101,19 @@ def mismatches(header: Header, expected: dict[str, tuple[int, ...]]) -> list[str
 
 
 def expected_shapes(model_config) -> dict[str, tuple[int, ...]]:
-    """{name: shape} of the tensors a checkpoint of `model_config` stores (the tied head once), nothing allocated."""
-    import torch
+    """{name: shape} of the tensors a checkpoint of `model_config` stores (the tied head once), from arithmetic.
 
-    from routed.model import RoutedTransformer
-
-    with torch.device("meta"):  # shapes only: no memory behind the tensors
-        model = RoutedTransformer(model_config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    The layout of routed.model.RoutedTransformer's state_dict (a test holds the two equal); building even
+    a meta-device model would import much of torch's machinery for each listing.
+    """
+    V, T, d = model_config.vocab_size, model_config.context_length, model_config.d_model
+    shapes = {"tok_emb.weight": (V, d), "pos_emb.weight": (T, d)}
+    for i in range(model_config.n_layers):
+        block = {"ln1.weight": (d,), "ln1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
+                 "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "ln2.weight": (d,), "ln2.bias": (d,),
+                 "mlp.0.weight": (4 * d, d), "mlp.0.bias": (4 * d,), "mlp.2.weight": (d, 4 * d), "mlp.2.bias": (d,)}
+        shapes |= {f"blocks.{i}.{name}": shape for name, shape in block.items()}
+    return shapes | {"ln_f.weight": (d,), "ln_f.bias": (d,)}
 
 
 def non_finite(tensors: dict) -> list[str]:

@@ -222,9 +222,14 @@ def test_training_numbers_above_their_bound_are_refused(field, value):
 
 @pytest.mark.parametrize("shape", [dict(), dict(n_layers=1, d_model=8, n_heads=2, vocab_size=257, context_length=3),
                                    dict(n_layers=5, d_model=48, n_heads=6)])
-def test_parameter_count_is_the_models(shape):
+def test_parameter_count_and_shapes_are_the_models(shape):
+    from routed.weights import expected_shapes
+
     config = ModelConfig(**shape)
-    assert parameter_count(config) == RoutedTransformer(config).num_parameters()
+    model = RoutedTransformer(config)
+    assert parameter_count(config) == model.num_parameters()
+    stored = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    assert expected_shapes(config) == stored and list(expected_shapes(config)) == list(stored)
 
 
 def test_available_memory_honours_the_override(monkeypatch):
