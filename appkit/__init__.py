@@ -7,6 +7,43 @@ from __future__ import annotations
 
 import streamlit as st
 
+from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart
+from appkit.loaders import (
+    alpha_of,
+    at_threshold,
+    baseline,
+    baseline_names,
+    baselines,
+    checkpoint,
+    checkpoint_names,
+    checkpoint_problems,
+    config,
+    corpus_of,
+    curve,
+    describe,
+    job_queue,
+    pareto_front,
+    ppl_at,
+    refresh_checkpoints,
+    reports_dir,
+    routed_text,
+    row_at,
+    shallow_mask,
+)
+from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW
+from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html
+from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload
+from appkit.widgets import model_picker, show_problems, threshold_slider
+
+__all__ = [
+    "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
+    "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
+    "checkpoint_names", "checkpoint_problems", "compute_chart", "config", "confidence_histogram", "corpus_of",
+    "corpus_options", "curve", "describe", "generated_html", "history_chart", "job_queue", "model_picker",
+    "pareto_front", "ppl_at", "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload",
+    "shallow_mask", "show_problems", "threshold_slider", "token_html",
+]
+
 
 def _leave_pages_folder_mode() -> None:
     """Run app.py's st.navigation even when a fresh server's first visitor opens a page's own URL.
@@ -24,40 +61,6 @@ def _leave_pages_folder_mode() -> None:
         st.rerun()
 
 
+# Last, once every name above is bound: a run that restarts here leaves a complete module behind, so
+# a concurrent first visitor whose page imported this package meanwhile never sees it half-built.
 _leave_pages_folder_mode()
-
-from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart  # noqa: E402
-from appkit.loaders import (  # noqa: E402
-    alpha_of,
-    at_threshold,
-    baseline,
-    baseline_names,
-    baselines,
-    checkpoint,
-    checkpoint_names,
-    config,
-    corpus_of,
-    curve,
-    describe,
-    job_queue,
-    pareto_front,
-    ppl_at,
-    refresh_checkpoints,
-    reports_dir,
-    routed_text,
-    row_at,
-    shallow_mask,
-)
-from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW  # noqa: E402
-from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html  # noqa: E402
-from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload  # noqa: E402
-from appkit.widgets import model_picker, threshold_slider  # noqa: E402
-
-__all__ = [
-    "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
-    "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
-    "checkpoint_names", "compute_chart", "config", "confidence_histogram", "corpus_of", "corpus_options", "curve",
-    "describe", "generated_html", "history_chart", "job_queue", "model_picker", "pareto_front", "ppl_at",
-    "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload", "shallow_mask", "threshold_slider",
-    "token_html",
-]

@@ -16,6 +16,7 @@ from appkit.style import BASELINES, ROOT
 from routed.checkpoint import (
     checkpoint_path,
     checkpoints_dir,
+    inspect_checkpoint,
     list_checkpoints,
     load_checkpoint,
     read_config,
@@ -38,15 +39,36 @@ def _stamp(path: Path) -> int:
         return 0
 
 
+def _files_stamp(name: str) -> tuple:
+    """Changes whenever any file a checkpoint is loaded from is replaced (not only its config.json)."""
+    folder = checkpoint_path(name)
+    return tuple(_stamp(folder / f) for f in ("config.json", "model.safetensors", "tokenizer.json", "sweep.csv"))
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
 def _names(root: str, stamp: int) -> list[str]:
     return list_checkpoints(root)
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def _problem(name: str, stamp: tuple) -> str | None:
+    try:
+        inspect_checkpoint(checkpoint_path(name))  # the config and the weights' header: no tensor is read
+    except (ValueError, OSError) as exc:
+        return str(exc)
+    return None
+
+
+def checkpoint_problems() -> dict[str, str]:
+    """{name: what is wrong} of the checkpoint folders that cannot be used (each is skipped elsewhere)."""
+    names = _names(str(checkpoints_dir()), _stamp(checkpoints_dir()))
+    return {n: p for n in names if (p := _problem(n, _files_stamp(n))) is not None}
+
+
 def checkpoint_names() -> list[str]:
-    """Complete checkpoint folders; the listing is re-read whenever the folder changes."""
-    root = checkpoints_dir()
-    return _names(str(root), _stamp(root))
+    """Usable checkpoint folders; the listing is re-read whenever the folder or a checkpoint's files change."""
+    names = _names(str(checkpoints_dir()), _stamp(checkpoints_dir()))
+    return [n for n in names if _problem(n, _files_stamp(n)) is None]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -60,13 +82,13 @@ def config(name: str) -> dict:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def _checkpoint(name: str, stamp: int):
+def _checkpoint(name: str, stamp: tuple):
     return load_checkpoint(checkpoint_path(name))
 
 
 def checkpoint(name: str):
     """A loaded checkpoint (model, tokenizer, configs), kept in memory for a few models."""
-    return _checkpoint(name, _stamp(checkpoint_path(name) / "config.json"))
+    return _checkpoint(name, _files_stamp(name))
 
 
 def alpha_of(cfg: dict) -> float | None:
@@ -88,7 +110,7 @@ def describe(name: str) -> str:
 
 
 @st.cache_data(max_entries=32, show_spinner="Evaluating the test split…")
-def _curve(name: str, stamp: int) -> pd.DataFrame | str:
+def _curve(name: str, stamp: tuple) -> pd.DataFrame | str:
     from routed.records import records_for_checkpoint
     from routed.sweep import sweep
 
@@ -114,7 +136,7 @@ def at_threshold(records, threshold: float, measure: str) -> dict:
 
 def curve(name: str) -> pd.DataFrame:
     """Routed PPL, Shallow%, Compute%, FLOPs% (and shallow/deep/oracle PPL) over all thresholds."""
-    result = _curve(name, _stamp(checkpoint_path(name) / "config.json"))
+    result = _curve(name, _files_stamp(name))
     if isinstance(result, str):
         raise ValueError(result)
     return result
@@ -214,5 +236,6 @@ def job_queue():
 def refresh_checkpoints() -> None:
     """Forget the cached checkpoint listing (after a run saved a new folder)."""
     _names.clear()
+    _problem.clear()
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from appkit.loaders import checkpoint_names, describe
+from appkit.loaders import checkpoint_names, checkpoint_problems, describe
 from routed.checkpoint import checkpoints_dir
 
 
 def model_picker(key: str, label: str = "Model", state: str = "model", optional: bool = False) -> str | None:
-    """A checkpoint selectbox whose choice is kept across pages in st.session_state[state]."""
+    """A checkpoint selectbox whose choice is kept across pages in st.session_state[state].
+
+    Checkpoints that cannot be used are not offered; the first picker of a page lists them with their problem.
+    """
+    if not optional:
+        show_problems()
     names = checkpoint_names()
     if not names:
         st.info(f"No checkpoints in {checkpoints_dir()}: train one on the Train page.")
@@ -26,6 +31,14 @@ def model_picker(key: str, label: str = "Model", state: str = "model", optional:
             st.error(str(exc))
             return None
     return choice
+
+
+def show_problems() -> None:
+    """One error listing the checkpoint folders that cannot be used, and why (nothing when all are fine)."""
+    problems = checkpoint_problems()
+    if problems:
+        lines = "\n".join(f"- {problem}" for problem in problems.values())
+        st.error(f"Skipped {len(problems)} checkpoint folder(s) that cannot be used:\n\n{lines}")
 
 
 def threshold_slider(key: str, label: str = "Threshold (confidence ≥ threshold → shallow)") -> float:

@@ -6,6 +6,7 @@ import streamlit as st
 import appkit
 
 st.title("PPL vs compute")
+appkit.show_problems()
 names = appkit.checkpoint_names()
 if not names:
     st.info("No checkpoints yet: train one on the Train page.")

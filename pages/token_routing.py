@@ -31,7 +31,7 @@ with right:
 def panel(name: str) -> None:
     """The routed text of one model: numbers, the coloured tokens, the confidence histogram."""
     try:
-        result, strings = appkit.routed_text(name, appkit.config(name).get("fingerprint", ""), text)
+        result, strings = appkit.routed_text(name, appkit.checkpoint(name).fingerprint, text)
         row = appkit.at_threshold(result.records, threshold, measure)
     except ValueError as exc:  # CheckpointError included
         st.error(str(exc))

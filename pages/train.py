@@ -7,6 +7,7 @@ import streamlit as st
 import appkit
 from routed.checkpoint import checkpoint_path
 from routed.config import PRESETS, ModelConfig, TrainConfig
+from routed.folders import MAX_NAME_BYTES, check_name
 from routed.jobs import TrainJob
 
 queue = appkit.job_queue()
@@ -43,7 +44,10 @@ with st.form("train_form"):
     eval_interval = c[5].number_input("validate every (steps)", 1, 10_000, 60, key="train_eval_interval")
     corpus_label = st.selectbox("Corpus", list(corpora), key="train_corpus")
     upload = st.file_uploader("The .txt file for 'upload a .txt file' (UTF-8)", type=["txt"], key="train_upload")
-    name = st.text_input("Checkpoint name", placeholder="empty: preset name and time", key="train_name").strip()
+    name = st.text_input(
+        "Checkpoint name", placeholder="empty: preset name and time", key="train_name",
+        help=f"letters, digits and _ . + -; at most {MAX_NAME_BYTES} bytes",
+    ).strip()
     submitted = st.form_submit_button("Queue training run", type="primary", key="train_submit")
 
 
@@ -80,7 +84,7 @@ if submitted:
                 layer_weights=weights, routing_threshold=threshold if routing else None, **common
             )
         train_config.check_model(model_config)
-        name = name or f"{preset if mode == 'preset' else 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = check_name(name or f"{preset if mode == 'preset' else 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}")
         extra = {"preset": preset if mode == "preset" else None}
         queue.submit(TrainJob(model_config, train_config, corpus_path(), checkpoint_path(name), extra=extra))
         st.success(f"Queued {name}.")

@@ -1,16 +1,16 @@
 """Checkpoints: one folder per model — config.json, model.safetensors, tokenizer.json, history.json.
 
-Written atomically (a temporary folder, then renamed into place); read without unpickling anything.
+Written atomically and only over a checkpoint of ours (routed.folders); read without unpickling anything,
+every file bounded in size, the weights' header checked against config.json (routed.weights) and the
+memory it needs checked (routed.limits) before a model is built.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +19,16 @@ import torch
 
 from routed import __version__
 from routed.config import ModelConfig, TrainConfig
+from routed.files import MB, read_json, read_regular
+from routed.folders import CHECKPOINT, recover, write_folder
+from routed.limits import MemoryLimitError, check_memory, parameter_count
 from routed.model import RoutedTransformer
 
 FORMAT_VERSION = 1
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "history.json")
+MAX_CONFIG_BYTES = MB
+MAX_HISTORY_BYTES = 16 * MB
+MAX_TOKENIZER_BYTES = 64 * MB  # a 32k-token byte-level BPE takes about 2 MB
 
 
 class CheckpointError(ValueError):
@@ -40,6 +46,7 @@ class Checkpoint:
     train_config: TrainConfig
     meta: dict
     history: list[dict] = field(default_factory=list)
+    weights_sha256: str = ""  # of the model.safetensors bytes actually loaded
 
     @property
     def name(self) -> str:
@@ -47,18 +54,12 @@ class Checkpoint:
 
     @property
     def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
+        """The hash of the weights loaded (not the one config.json records): what caches are keyed by."""
+        return self.weights_sha256[:16]
 
     @property
     def corpus(self) -> str:
         return self.meta["corpus"]["name"]
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_checkpoint(
@@ -71,8 +72,13 @@ def save_checkpoint(
     history: list[dict] | None = None,
     extra: dict | None = None,
     dtype: torch.dtype = torch.float16,
+    replace: bool = True,
+    hint: str = "add --force to replace it",
 ) -> Path:
-    """Write a checkpoint folder atomically; an existing folder at `path` is replaced whole."""
+    """Write a checkpoint folder atomically; an existing checkpoint at `path` is replaced whole when `replace`.
+
+    Anything at `path` that is not a checkpoint of ours is never replaced (routed.folders.OutputError).
+    """
     from safetensors.torch import save
 
     path = Path(path)
@@ -98,157 +104,177 @@ def save_checkpoint(
         "tokenizer.json": tokenizer.to_str().encode("utf-8"),
         "history.json": json.dumps(history or [], indent=1).encode("utf-8"),
         "config.json": json.dumps(config, indent=2).encode("utf-8"),  # last: a folder with a config is complete
-    })
+    }, CHECKPOINT, replace, hint)
 
 
-def write_folder(path: Path, files: dict[str, bytes]) -> Path:
-    """Replace folder `path` whole by one holding `files`, so that a crash at any moment (even SIGKILL)
-    leaves either the old folder or the new one, and two writers of the same name never mix their files.
+def save_trained(path: Path | str, result, extra: dict | None = None, replace: bool = True,
+                 hint: str = "add --force to replace it") -> Path:
+    """Save a routed.train.TrainResult (its best weights, tokenizer, configs and history).
 
-    Files are written and fsynced in a private temporary folder beside `path`, then swapped in under an
-    exclusive lock on the parent folder.
+    A diverged run says so in config.json ("diverged": why) beside the step its weights come from;
+    weights that are not all finite are never saved (CheckpointError).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is readable like any saved file
-    try:
-        for name, data in files.items():
-            _fsync_write(tmp / name, data)
-        with _folder_lock(path.parent):
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-                os.replace(path, old / "previous")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    from routed.weights import non_finite
 
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path):
-    """An exclusive flock on a folder; the kernel releases it when the holder exits, even by SIGKILL."""
-    import fcntl
-
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _recover(path: Path) -> None:
-    """After a crash between the two renames of `write_folder`, put the previous folder back."""
-    if path.exists() or not any(path.parent.glob(f".{path.name}.old-*/previous")):
-        return
-    with _folder_lock(path.parent):  # no writer is between its renames while we hold it
-        for old in path.parent.glob(f".{path.name}.old-*/previous"):
-            if not path.exists():
-                os.replace(old, path)
-
-
-def save_trained(path: Path | str, result, extra: dict | None = None) -> Path:
-    """Save a routed.train.TrainResult (its best weights, tokenizer, configs and history)."""
+    bad = non_finite(result.model.state_dict())
+    if bad:
+        raise CheckpointError(f"checkpoint {Path(path).name!r}: not saved: the weights are not finite ({bad[0]}"
+                              f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''})"
+                              + (f"; training stopped: {result.diverged}" if result.diverged else ""))
     extra = {**(extra or {}), "best_step": result.best_step, "stopped_early": result.stopped_early}
+    if result.diverged:
+        extra["diverged"] = result.diverged
     return save_checkpoint(path, result.model, result.tokenizer, result.train_config, result.corpus_name,
-                           result.corpus_fingerprint, result.history, extra=extra)
+                           result.corpus_fingerprint, result.history, extra=extra, replace=replace, hint=hint)
 
 
 def read_config(path: Path | str) -> dict:
-    """The parsed config.json of a checkpoint folder, checked for the fields this version needs."""
+    """The config.json of a checkpoint folder, every field this version uses checked (types, bounds).
+
+    The model and train sections are returned as their configs write them (ModelConfig/TrainConfig.to_dict).
+    """
     path = Path(path)
-    _recover(path)
+    recover(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a folder")
-    missing = [f for f in FILES[:3] if not (path / f).is_file()]
+    missing = [f for f in FILES[:3] if not os.path.lexists(path / f)]  # odd files are refused when read
     if missing:
         raise CheckpointError(f"checkpoint {path.name!r}: missing {', '.join(missing)}")
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path.name!r}: config.json is not valid JSON ({exc})") from exc
+    where = f"checkpoint {path.name!r}: config.json"
+    config = read_json(path / "config.json", MAX_CONFIG_BYTES, where, CheckpointError)
     if not isinstance(config, dict) or not {"model", "train", "corpus"} <= set(config):
-        raise CheckpointError(f"checkpoint {path.name!r}: config.json lacks model/train/corpus sections")
-    try:
-        format_version = int(config.get("format_version", 0))
-    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where} lacks model/train/corpus sections")
+    version = config.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, (int, float)) or not math.isfinite(version):
+        raise CheckpointError(f"{where} has an invalid format_version {str(version)[:40]!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {path.name!r}: invalid format_version {config.get('format_version')!r} in config.json"
-        ) from exc
-    if format_version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path.name!r}: written by routed {config.get('package_version')} in format "
-            f"{config['format_version']}; this version ({__version__}) reads format {FORMAT_VERSION}: upgrade routed"
+            f"checkpoint {path.name!r}: written by routed {str(config.get('package_version'))[:20]} in format "
+            f"{version}; this version ({__version__}) reads format {FORMAT_VERSION}: upgrade routed"
         )
-    return config
-
-
-def load_checkpoint(path: Path | str) -> Checkpoint:
-    """Load a checkpoint folder; any problem raises CheckpointError saying what is wrong."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    from routed.tokenizer import load_tokenizer
-
-    path = Path(path)
-    config = read_config(path)
     try:
         model_config = ModelConfig.from_dict(config["model"])
         train_config = TrainConfig.from_dict(config["train"])
+        train_config.check_model(model_config)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path.name!r}: invalid config.json: {exc}") from exc
-    raw = (path / "model.safetensors").read_bytes()
+        raise CheckpointError(f"checkpoint {path.name!r}: invalid config.json: {exc}") from None
+    corpus = config["corpus"]
+    if not (isinstance(corpus, dict) and isinstance(corpus.get("name"), str) and 0 < len(corpus["name"]) <= 4096
+            and isinstance(corpus.get("fingerprint", ""), str)):
+        raise CheckpointError(f"{where}: corpus must be {{name: text, fingerprint: text}}")
+    for key, types in (("fingerprint", str), ("package_version", str), ("preset", (str, type(None))),
+                       ("diverged", (str, type(None))), ("best_step", (int, type(None))), ("dtype", str)):
+        if key in config and (not isinstance(config[key], types) or isinstance(config[key], bool)):
+            raise CheckpointError(f"{where}: {key} has the wrong type ({type(config[key]).__name__})")
+    return {**config, "model": model_config.to_dict(), "train": train_config.to_dict()}
+
+
+def inspect_checkpoint(path: Path | str):
+    """(config, weights header) of a checkpoint folder, the header checked against the config; no tensor is read.
+
+    What listing a folder of checkpoints needs to tell a usable one from a damaged one, cheaply.
+    """
+    from routed.weights import ITEM_BYTES, expected_shapes, mismatches, read_header
+
+    path = Path(path)
+    config = read_config(path)
+    model_config = ModelConfig.from_dict(config["model"])
+    # The file can hold at most every parameter in float64 beside its header: the bound for reading it.
+    most = parameter_count(model_config) * max(ITEM_BYTES.values()) + 16 * MB
+    header = read_header(path / "model.safetensors", most, CheckpointError, f"checkpoint {path.name!r}: model.safetensors")
+    problems = mismatches(header, expected_shapes(model_config))
+    if problems:
+        raise CheckpointError(f"checkpoint {path.name!r}: weights do not match config.json: {'; '.join(problems[:5])}")
+    return config, header
+
+
+def load_checkpoint(path: Path | str) -> Checkpoint:
+    """Load a checkpoint folder; any problem raises CheckpointError saying what is wrong, before allocating."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    from routed.weights import non_finite
+
+    path = Path(path)
+    config, header = inspect_checkpoint(path)
+    model_config = ModelConfig.from_dict(config["model"])
+    train_config = TrainConfig.from_dict(config["train"])
+    try:
+        check_memory(model_config, training=False)
+    except MemoryLimitError as exc:
+        raise CheckpointError(f"checkpoint {path.name!r}: {exc}") from None
+    tokenizer = _read_tokenizer(path, model_config)
+    raw = read_regular(path / "model.safetensors", header.raw_size, f"checkpoint {path.name!r}: model.safetensors",
+                       CheckpointError)
+    if len(raw) != header.raw_size:
+        raise CheckpointError(f"checkpoint {path.name!r}: model.safetensors changed while it was read")
     try:
         tensors = load(raw)  # parses a JSON header and raw arrays: never unpickles
     except (SafetensorError, ValueError, OSError) as exc:
         raise CheckpointError(
             f"checkpoint {path.name!r}: model.safetensors is not a valid safetensors file "
             f"(truncated, corrupted or another format): {exc}"
-        ) from exc
+        ) from None
+    bad = non_finite(tensors)
+    if bad:
+        raise CheckpointError(f"checkpoint {path.name!r}: model.safetensors holds NaN or infinite values "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
+    model = RoutedTransformer(model_config)
+    tensors["lm_head.weight"] = tensors["tok_emb.weight"]
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model.eval()
+    return Checkpoint(path, model, tokenizer, model_config, train_config, config, read_history(path),
+                      hashlib.sha256(raw).hexdigest())
+
+
+def _read_tokenizer(path: Path, model_config: ModelConfig):
+    from tokenizers import Tokenizer
+
+    data = read_regular(path / "tokenizer.json", MAX_TOKENIZER_BYTES, f"checkpoint {path.name!r}: tokenizer.json",
+                        CheckpointError)
     try:
-        tokenizer = load_tokenizer(path / "tokenizer.json")
+        tokenizer = Tokenizer.from_str(data.decode("utf-8"))
     except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-        raise CheckpointError(f"checkpoint {path.name!r}: tokenizer.json cannot be read: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path.name!r}: tokenizer.json cannot be read: {str(exc)[:200]}") from None
     if tokenizer.get_vocab_size() != model_config.vocab_size:
         raise CheckpointError(
             f"checkpoint {path.name!r}: tokenizer has {tokenizer.get_vocab_size()} tokens, "
             f"the model expects {model_config.vocab_size}"
         )
-    model = RoutedTransformer(model_config)
-    tensors["lm_head.weight"] = tensors.get("tok_emb.weight", torch.empty(0))
-    expected = model.state_dict()
-    problems = [k for k in expected if k not in tensors] + [k for k in tensors if k not in expected]
-    problems += [
-        f"{k} has shape {tuple(tensors[k].shape)}, the config needs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
-    if problems:
-        raise CheckpointError(f"checkpoint {path.name!r}: weights do not match config.json: {'; '.join(problems[:5])}")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
-    model.eval()
-    history = []
-    if (path / "history.json").is_file():
-        try:
-            history = json.loads((path / "history.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            history = []  # the history is informative only; the model is intact
-    config.setdefault("fingerprint", hashlib.sha256(raw).hexdigest()[:16])
-    return Checkpoint(path, model, tokenizer, model_config, train_config, config, history)
+    return tokenizer
+
+
+def read_history(path: Path | str) -> list[dict]:
+    """The validation records in a checkpoint's history.json ([] when there is none), checked for their types."""
+    path = Path(path)
+    where = f"checkpoint {path.name!r}: history.json"
+    if not (path / "history.json").exists():
+        return []
+    history = read_json(path / "history.json", MAX_HISTORY_BYTES, where, CheckpointError)
+    ok = isinstance(history, list) and all(
+        isinstance(h, dict)
+        and (not isinstance(h.get("step"), bool) and isinstance(h.get("step", 0), int))
+        and isinstance(h.get("val_ppl", {}), dict)
+        and all(_is_layer(k) and _is_number(v) for k, v in h.get("val_ppl", {}).items())
+        for h in history
+    )
+    if not ok:
+        raise CheckpointError(f"{where} is not a list of validation records ({{step, val_ppl: {{layer: PPL}}, ...}})")
+    return history
+
+
+def _is_layer(key) -> bool:
+    return isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 4
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoint folders by name, and the threshold sweep shipped beside a checkpoint
+# Checkpoint folders by name, and the threshold sweep shipped beside a checkpoint (routed.sweepfile)
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # default; ROUTED_CHECKPOINTS_DIR overrides
-SWEEP_FILE = "sweep.csv"
-SWEEP_COLUMNS = tuple("threshold routed_ppl shallow_pct compute_pct flops_pct shallow_ppl deep_ppl oracle_ppl".split())
-# Bits per byte, written by this version; a sweep from before has none (read as NaN).
-SWEEP_BPB_COLUMNS = ("routed_bpb", "shallow_bpb", "deep_bpb", "oracle_bpb")
 
 
 def checkpoints_dir(root: Path | str | None = None) -> Path:
@@ -279,95 +305,13 @@ def checkpoint_path(name: str, root: Path | str | None = None) -> Path:
     return checkpoints_dir(root) / name
 
 
-def _sweep_file(path: Path | str) -> Path:
-    path = Path(path)
-    return path / SWEEP_FILE if path.is_dir() else path
+# Re-exported: the sweep CSV and the training state were part of this module.
+from routed.sweepfile import SWEEP_BPB_COLUMNS, SWEEP_COLUMNS, SWEEP_FILE, read_sweep, write_sweep  # noqa: E402
+from routed.train_state import load_train_state, save_train_state, train_state_path  # noqa: E402
 
-
-def write_sweep(path: Path | str, rows: dict) -> Path:
-    """Write a threshold sweep (the dict of arrays from routed.sweep.sweep) as CSV, atomically.
-
-    `path` is a checkpoint folder (the file is its sweep.csv) or a file path.
-    """
-    import csv
-
-    path = _sweep_file(path)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        columns = SWEEP_COLUMNS + tuple(c for c in SWEEP_BPB_COLUMNS if c in rows)
-        writer.writerow(columns)
-        for i in range(len(rows["threshold"])):
-            writer.writerow([f"{float(rows[c][i]):.6g}" for c in columns])
-    tmp.replace(path)
-    return path
-
-
-def read_sweep(path: Path | str) -> dict | None:
-    """A sweep CSV (a checkpoint folder's sweep.csv, or a file) as {column: array}, or None when there is none."""
-    import csv
-
-    import numpy as np
-
-    path = _sweep_file(path)
-    if not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in SWEEP_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} lacks column(s) {missing}")
-        columns = SWEEP_COLUMNS + tuple(c for c in SWEEP_BPB_COLUMNS if c in (reader.fieldnames or []))
-        try:
-            rows = [{c: float(row[c]) for c in columns} for row in reader]
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(
-                f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has a non-numeric value ({exc})"
-            ) from exc
-    if not rows:
-        raise CheckpointError(f"checkpoint {path.parent.name!r}: {SWEEP_FILE} has no rows")
-    result = {c: np.array([r[c] for r in rows]) for c in columns}
-    return result | {c: np.full(len(rows), np.nan) for c in SWEEP_BPB_COLUMNS if c not in result}
-
-
-# --------------------------------------------------------------------------------------------
-# Training state, for resuming an interrupted run: tensors in safetensors, the rest in JSON
-
-
-def train_state_path(checkpoint: Path | str) -> Path:
-    """Where a run that saves to `checkpoint` keeps its resumable state: a hidden folder beside it."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent / f".{checkpoint.name}.resume"
-
-
-def save_train_state(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict, tokenizer) -> Path:
-    """Write the training state atomically (see `write_folder`): a crash keeps the previous state."""
-    from safetensors.torch import save
-
-    weights = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    return write_folder(Path(path), {
-        "state.safetensors": weights,
-        "tokenizer.json": tokenizer.to_str().encode("utf-8"),
-        "state.json": json.dumps({"format_version": FORMAT_VERSION, **meta}).encode("utf-8"),
-    })
-
-
-def load_train_state(path: Path | str):
-    """(tensors, meta, tokenizer) of a saved training state, or None when there is none."""
-    from safetensors.torch import load
-
-    from routed.tokenizer import load_tokenizer
-
-    path = Path(path)
-    _recover(path)
-    if not (path / "state.json").is_file():
-        return None
-    try:
-        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        tensors = load((path / "state.safetensors").read_bytes())
-        tokenizer = load_tokenizer(path / "tokenizer.json")
-    except Exception as exc:  # OSError, JSON and safetensors errors; tokenizers raises a bare Exception
-        raise CheckpointError(f"training state {str(path)!r} cannot be read ({exc}); delete it to start afresh") from exc
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"training state {str(path)!r} was written by a newer routed; delete it to start afresh")
-    return tensors, meta, tokenizer
+__all__ = [
+    "FILES", "FORMAT_VERSION", "SWEEP_BPB_COLUMNS", "SWEEP_COLUMNS", "SWEEP_FILE", "Checkpoint", "CheckpointError",
+    "checkpoint_path", "checkpoints_dir", "inspect_checkpoint", "list_checkpoints", "load_checkpoint", "load_train_state", "read_config",
+    "read_history", "read_sweep", "save_checkpoint", "save_train_state", "save_trained", "train_state_path",
+    "write_folder", "write_sweep",
+]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from routed.limits import MODEL_BOUNDS, TRAIN_BOUNDS, check_bound
+
 
 def _fail(field_name: str, message: str) -> None:
     raise ValueError(f"{field_name}: {message}")
@@ -26,6 +28,7 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 _fail(name, f"must be a positive integer, got {value!r}")
+            check_bound(name, value, MODEL_BOUNDS)
         if self.d_model % self.n_heads:
             _fail("d_model", f"{self.d_model} is not divisible by n_heads={self.n_heads}")
         if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
@@ -103,6 +106,8 @@ class TrainConfig:
             _fail("bf16", f"must be true or false, got {self.bf16!r}")
         if self.patience is not None:
             _positive_int("patience", self.patience)
+        for name in TRAIN_BOUNDS:  # valid types by now; None means unused
+            check_bound(name, getattr(self, name), TRAIN_BOUNDS)
 
     @property
     def trained_exits(self) -> list[int]:

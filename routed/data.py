@@ -22,8 +22,30 @@ _ALTERNATIVES = (
 )
 
 
+MAX_CORPUS_BYTES = 8 * 2**30  # TinyStories' train split, the largest corpus here, is about 1.9 GB
+MAX_CORPUS_FILES = 10_000  # .txt files read from one folder
+
+
 class CorpusError(ValueError):
     """A corpus that cannot be found, loaded or used."""
+
+
+def read_text_file(path: Path, what: str = "corpus", limit: int = MAX_CORPUS_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes (and a third of the free memory); CorpusError
+    otherwise: a FIFO, a device or a socket is refused at once instead of blocking or reading forever."""
+    from routed.files import read_regular, regular_size
+    from routed.limits import available_memory
+
+    free = available_memory()
+    size = regular_size(path, limit, what, CorpusError)
+    if free is not None and 3 * size > free:  # the bytes, the text and the token ids
+        raise CorpusError(f"{what}: {str(path)!r} is {size / 2**30:,.2f} GB; with {free / 2**30:,.1f} GB of "
+                          "memory free it cannot be read: use a part of it (--max-chars applies after reading)")
+    data = read_regular(path, limit, what, CorpusError)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{what}: {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 @dataclass(frozen=True)
@@ -189,7 +211,7 @@ def _wikitext2() -> Corpus:
     local = _data_dir()
     if local and (local / "wikitext-2" / "wiki.train.tokens").exists():
         folder = local / "wikitext-2"
-        texts = [(folder / f"wiki.{s}.tokens").read_text(encoding="utf-8") for s in ("train", "valid", "test")]
+        texts = [read_text_file(folder / f"wiki.{s}.tokens") for s in ("train", "valid", "test")]
         return Corpus("wikitext-2", *texts, markers=CORPUS_MARKERS["wikitext-2"])
     corpus = load_hf_corpus("Salesforce/wikitext", "wikitext-2-v1", name="wikitext-2")
     return replace(corpus, markers=CORPUS_MARKERS["wikitext-2"])
@@ -211,14 +233,14 @@ def _tinyshakespeare() -> Corpus:
             tmp = path.with_suffix(".part")
             tmp.write_bytes(data)
             tmp.replace(path)
-    return split_by_position(path.read_text(encoding="utf-8"), name="tinyshakespeare")
+    return split_by_position(read_text_file(path), name="tinyshakespeare")
 
 
 def _tinystories(max_chars: int | None) -> Corpus:
     local = _data_dir()
     if local and (local / "tinystories" / "train.txt").exists():
         folder = local / "tinystories"
-        texts = [(folder / f"{s}.txt").read_text(encoding="utf-8") for s in ("train", "valid", "test")]
+        texts = [read_text_file(folder / f"{s}.txt") for s in ("train", "valid", "test")]
         if max_chars is not None:
             texts[0] = texts[0][:max_chars]
         return Corpus("tinystories", *texts, markers=CORPUS_MARKERS["tinystories"])
@@ -227,15 +249,20 @@ def _tinystories(max_chars: int | None) -> Corpus:
 
 
 def _local_text(path: Path) -> Corpus:
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    files = [path]
+    if path.is_dir():
+        files = []
+        for root, _, names in os.walk(path):  # does not follow links to folders: no loops
+            files += [Path(root) / n for n in names if n.endswith(".txt")]
+            if len(files) > MAX_CORPUS_FILES:
+                raise CorpusError(f"corpus: folder {str(path)!r} holds more than {MAX_CORPUS_FILES:,} .txt files")
+        files.sort()
     if not files:
         raise CorpusError(f"corpus: no .txt files in folder {str(path)!r}")
-    parts = []
+    parts, total = [], 0
     for f in files:
-        try:
-            parts.append(f.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise CorpusError(f"corpus: {str(f)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        parts.append(read_text_file(f, limit=MAX_CORPUS_BYTES - total))
+        total += os.stat(f).st_size
     return split_by_position("\n".join(parts), name=str(path))
 
 
@@ -248,7 +275,7 @@ def python_docs_corpus() -> Corpus:
     version = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     cached = cache_dir() / f"python-docs-{version}"
     if all((cached / f"{s}.txt").exists() for s in ("train", "validation", "test")):
-        texts = [(cached / f"{s}.txt").read_text(encoding="utf-8") for s in ("train", "validation", "test")]
+        texts = [read_text_file(cached / f"{s}.txt") for s in ("train", "validation", "test")]
         return Corpus("python-docs", *texts)
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__", "lib2to3"}

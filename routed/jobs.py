@@ -7,6 +7,7 @@ and sets its cancel flag. Finished runs are saved as checkpoint folders.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
@@ -64,9 +65,10 @@ class TrainJob:
 
 
 class JobQueue:
-    """Queued TrainJobs, processed in order by one daemon worker thread."""
+    """Queued TrainJobs, processed in order by one daemon worker thread; at most `max_active` waiting or running."""
 
-    def __init__(self, on_finish: Callable[[TrainJob], None] | None = None):
+    def __init__(self, on_finish: Callable[[TrainJob], None] | None = None, max_active: int = 16):
+        self.max_active = max_active
         self._queue: queue.Queue[TrainJob] = queue.Queue()
         self._jobs: list[TrainJob] = []
         self._lock = threading.Lock()
@@ -74,10 +76,18 @@ class JobQueue:
         self.on_finish = on_finish
 
     def submit(self, job: TrainJob) -> TrainJob:
-        """Queue a job; a ValueError if its checkpoint folder exists or an active job will write it."""
+        """Queue a job; a ValueError if its name is invalid or taken, or the model does not fit in memory."""
+        from routed.folders import check_name
+        from routed.limits import check_memory
+
+        check_name(job.name)
+        check_memory(job.model_config, job.train_config.batch_size)
         with self._lock:  # checked and claimed in one step, so two users cannot both take one name
-            if job.out.exists() or any(j.out == job.out and j.active for j in self._jobs):
+            if os.path.lexists(job.out) or any(j.out == job.out and j.active for j in self._jobs):
                 raise ValueError(f"checkpoint name: {job.name!r} is already taken; choose another name")
+            if sum(j.active for j in self._jobs) >= self.max_active:  # one user must not queue days of work
+                raise ValueError(f"queue: {self.max_active} runs are already waiting or running; "
+                                 "wait for one to finish or cancel one")
             self._jobs.append(job)
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="routed-train", daemon=True)
@@ -106,7 +116,10 @@ class JobQueue:
 def run_job(job: TrainJob) -> TrainJob:
     """Train and save one job, recording progress and the outcome on it (never raises)."""
     from routed.checkpoint import save_trained
+    from routed.tokenizer import TokenizerCancelled
     from routed.train import train
+
+    taken = "another program saved a checkpoint of that name while this run trained; nothing was replaced"
 
     job.status = "running"
 
@@ -126,13 +139,19 @@ def run_job(job: TrainJob) -> TrainJob:
         )
         if result.cancelled:
             job.status = "cancelled"
-        elif result.diverged:  # the last good weights are saved, but the run is not a success
-            save_trained(job.out, result, extra=job.extra)
-            job.error = f"training stopped: {result.diverged}; the last good weights were saved"
+        elif result.diverged and not result.good_weights:
+            job.error = f"training stopped: {result.diverged}; no validated finite weights: nothing was saved"
+            job.status = "failed"
+        elif result.diverged:  # the last good weights are saved (config.json says so), but the run is no success
+            save_trained(job.out, result, extra=job.extra, replace=False, hint=taken)
+            job.error = (f"training stopped: {result.diverged}; the weights validated at step {result.best_step} "
+                         "were saved")
             job.status = "failed"
         else:
-            save_trained(job.out, result, extra=job.extra)
+            save_trained(job.out, result, extra=job.extra, replace=False, hint=taken)
             job.status = "done"
+    except TokenizerCancelled:
+        job.status = "cancelled"
     except (ValueError, OSError) as exc:  # CorpusError and CheckpointError are ValueErrors
         job.error, job.status = str(exc), "failed"
     except Exception as exc:  # a bug: keep the worker alive and say where it happened

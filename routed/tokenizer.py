@@ -11,6 +11,14 @@ import torch
 # pre-tokenizer splits anyway (a newline after a space may join a whitespace run), so chunked
 # encoding equals encoding the whole text.
 _CHUNK_BOUNDARY = re.compile(r"(?<=\S\n)(?=\S)")
+# Runs of non-space characters are cut into pieces of at most this many before byte-level BPE, in
+# training and encoding alike (it is part of the tokenizer): BPE training time grows with the square of
+# a word's length, so 400k characters without a space would take many minutes. Prose never has such runs.
+MAX_RUN = 256
+
+
+class TokenizerCancelled(Exception):
+    """Tokenizer training stopped because `should_stop` said so."""
 
 
 def marker_tokens(markers) -> list[str]:
@@ -27,13 +35,15 @@ def marker_tokens(markers) -> list[str]:
     return tokens
 
 
-def train_tokenizer(text: str, vocab_size: int = 4096, markers=()):
+def train_tokenizer(text: str, vocab_size: int = 4096, markers=(), should_stop=None):
     """A byte-level BPE tokenizer trained on `text` (deterministic; every byte is in the alphabet).
 
     Each of `markers` (e.g. "<unk>") becomes one special token that is never split; the vocabulary
     counts the 256 bytes, those tokens and the merges, so 256 + 2 x markers gives bytes only.
+    `should_stop` (a callable) is polled before training and between chunks of the text; when it
+    returns True, TokenizerCancelled is raised.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     specials = marker_tokens(markers)
     if vocab_size < 256 + max(1, len(specials)):
@@ -42,7 +52,10 @@ def train_tokenizer(text: str, vocab_size: int = 4096, markers=()):
             f"{f' + {len(specials)} marker tokens' if specials else ' + merges'}), got {vocab_size}"
         )
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(rf"\S{{{MAX_RUN}}}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -53,8 +66,20 @@ def train_tokenizer(text: str, vocab_size: int = 4096, markers=()):
     )
     for marker in markers:  # no merges are spent on markup that is one token anyway
         text = text.replace(marker, "")
-    tokenizer.train_from_iterator(_CHUNK_BOUNDARY.split(text), trainer)
+    if should_stop is not None and should_stop():
+        raise TokenizerCancelled("tokenizer training was cancelled before it started")
+    tokenizer.train_from_iterator(_polling(_CHUNK_BOUNDARY.split(text), should_stop), trainer)
+    if should_stop is not None and should_stop():
+        raise TokenizerCancelled("tokenizer training was cancelled")
     return tokenizer
+
+
+def _polling(chunks, should_stop, every: int = 256):
+    """Yield `chunks`, asking `should_stop` every `every` of them (the trainer reads them one by one)."""
+    for i, chunk in enumerate(chunks):
+        if should_stop is not None and i % every == 0 and should_stop():
+            raise TokenizerCancelled("tokenizer training was cancelled")
+        yield chunk
 
 
 def marker_ids(tokenizer) -> list[int]:

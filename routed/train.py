@@ -15,10 +15,11 @@ import torch
 from routed.config import ModelConfig, TrainConfig
 from routed.data import Corpus, CorpusError, load_corpus
 from routed.devices import all_reduce_sum, default_threads, pick_device, start_distributed
+from routed.limits import check_memory
 from routed.loss import weighted_exit_loss
 from routed.model import RoutedTransformer
 from routed.records import exit_nll_sums
-from routed.tokenizer import encode, train_tokenizer
+from routed.tokenizer import TokenizerCancelled, encode, train_tokenizer
 
 
 def learning_rate_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -58,6 +59,8 @@ class TrainResult:
     stopped_early: bool = False
     cancelled: bool = False
     diverged: str | None = None  # why training stopped on a non-finite loss or gradient
+    # False when training diverged before any validation found finite weights: nothing worth saving
+    good_weights: bool = True
     rank: int = 0  # this process's rank under torchrun (only rank 0 saves)
     world: int = 1  # the number of processes that trained it
 
@@ -123,7 +126,8 @@ def train(
 
     `tokenizer` (trained on the corpus when None) and `encoded` (train, validation token ids made
     with that tokenizer) let many runs share one tokenization. `on_progress` is called after every
-    step; `should_stop` is polled every step (cancellation). Same configs and seeds give identical
+    step; `should_stop` is polled every step (cancellation), and before and during tokenizer training
+    (there it raises routed.tokenizer.TokenizerCancelled). Same configs and seeds give identical
     results on CPU. `device` None picks cuda, then mps, then cpu. Under torchrun the global batch is
     split over the processes (DistributedDataParallel) and validation is gathered from all of them.
     With `state_dir`, the full training state is saved there (atomically) at every validation, and
@@ -133,6 +137,11 @@ def train(
     from routed.checkpoint import load_train_state, save_train_state
 
     train_config.check_model(model_config)
+    # Before the corpus, the tokenizer or any tensor: a model too large for this machine is refused at once.
+    check_memory(model_config, train_config.batch_size, training=True,
+                 device=str(device) if isinstance(device, (str, torch.device)) and str(device) != "auto" else "cpu")
+    if should_stop is not None and should_stop():
+        raise TokenizerCancelled("training was cancelled before it started")
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     torch.set_num_threads(default_threads())
@@ -143,7 +152,7 @@ def train(
     if saved is not None:
         tokenizer = saved[2]
     if tokenizer is None:
-        tokenizer = train_tokenizer(corpus.train, model_config.vocab_size, corpus.markers)
+        tokenizer = train_tokenizer(corpus.train, model_config.vocab_size, corpus.markers, should_stop)
     model_config = replace(model_config, vocab_size=tokenizer.get_vocab_size())
     train_ids, val_ids = encoded if encoded is not None else (encode(tokenizer, corpus.train), encode(tokenizer, corpus.validation))
     val_ids = val_ids[: train_config.eval_tokens + 1]
@@ -194,14 +203,18 @@ def train(
         if differs:
             raise ValueError(f"resume: the state saved in {str(state_dir)!r} is for another run "
                              f"(its {', '.join(differs)} differ); drop --resume or delete that folder")
-        model.load_state_dict(_with_tied_head({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}))
-        if any(k.startswith("best.") for k in tensors):
-            best_state = _with_tied_head({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
-        optimizer.load_state_dict(_optimizer_state(optimizer, tensors))
-        sampler.load_state(tensors)
-        torch.set_rng_state(tensors["torch.rng"])
-        if device.type == "cuda" and "cuda.rng" in tensors:
-            torch.cuda.set_rng_state(tensors["cuda.rng"], device)
+        try:
+            model.load_state_dict(_with_tied_head({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}))
+            if any(k.startswith("best.") for k in tensors):
+                best_state = _with_tied_head({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+            optimizer.load_state_dict(_optimizer_state(optimizer, tensors))
+            sampler.load_state(tensors)
+            torch.set_rng_state(tensors["torch.rng"])
+            if device.type == "cuda" and "cuda.rng" in tensors:
+                torch.cuda.set_rng_state(tensors["cuda.rng"], device)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # a damaged or edited state
+            raise ValueError(f"resume: the state saved in {str(state_dir)!r} is damaged "
+                             f"({str(exc).splitlines()[0][:200]}); drop --resume or delete that folder") from None
         first_step, running, elapsed_before = meta["step"] + 1, meta["running"], meta["elapsed_s"]
         best_loss, bad_evals, result.best_step = meta["best_loss"], meta["bad_evals"], meta["best_step"]
         result.history = [{**h, "val_ppl": {int(k): v for k, v in h["val_ppl"].items()}} for h in meta["history"]]
@@ -223,7 +236,7 @@ def train(
             "elapsed_s": time.perf_counter() - start,
         }
         result.history.append(record)
-        if val_loss < best_loss:
+        if math.isfinite(val_loss) and val_loss < best_loss and _all_finite(model):
             best_loss, bad_evals, result.best_step = val_loss, 0, step
             best_state = copy.deepcopy(model.state_dict())
         else:
@@ -294,12 +307,18 @@ def train(
         validate(step - 1, running if running is not None else math.nan)  # the weights are the last good ones
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif result.diverged:
+        result.good_weights = False
     if started_group:
         import torch.distributed as dist
 
         dist.destroy_process_group()
     model.cpu().eval()
     return result
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _with_tied_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

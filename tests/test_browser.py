@@ -5,6 +5,7 @@ Screenshots of each page are written to tests/artifacts/ (git-ignored) for a loo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -45,31 +46,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_world, tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` to run browser tests")
-    pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
+@contextlib.contextmanager
+def streamlit_server(env: dict):
+    """A fresh `streamlit run app.py` on a free port; yields its URL once it answers."""
     port = free_port()
-    env = {
-        **os.environ,
-        "ROUTED_CHECKPOINTS_DIR": str(tiny_world.checkpoints),
-        "ROUTED_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-        "ROUTED_REPORTS_DIR": str(tiny_world.reports),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--browser.gatherUsageStats", "false"]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -86,6 +68,25 @@ def app_url(tiny_world, tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server_env(tiny_world, tmp_path_factory) -> dict:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` to run browser tests")
+    pytest.importorskip("playwright.sync_api", reason="playwright (the Python package) is not installed")
+    return {
+        **os.environ,
+        "ROUTED_CHECKPOINTS_DIR": str(tiny_world.checkpoints),
+        "ROUTED_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
+        "ROUTED_REPORTS_DIR": str(tiny_world.reports),
+    }
+
+
+@pytest.fixture(scope="module")
+def app_url(server_env):
+    with streamlit_server(server_env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +132,27 @@ def test_hovering_a_token_shows_its_tooltip(app_url, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "token_routing_tooltip.png"))
     page.close()
+
+
+def test_simultaneous_first_visits_to_a_page_url_on_a_fresh_server(server_env, browser):
+    """Eight visitors open one page's URL at once on a fresh server: each gets the page, no error.
+
+    A race: when the first run restarted inside `import appkit`, the others, waiting on that import, got the
+    half-built module (AttributeError) in most runs of this test.
+    """
+    with streamlit_server(server_env) as url:
+        pages = [browser.new_page(viewport={"width": 1200, "height": 900}) for _ in range(8)]
+        for page in pages:
+            page.goto(f"{url}/token_routing", wait_until="commit")  # all five before any page has loaded
+        for page in pages:
+            page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"] h1', timeout=90_000)
+            page.wait_for_timeout(1000)
+            assert page.locator("h1").first.inner_text() == "Token routing"
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.locator('[data-testid="stAlertContentError"]').all_inner_texts() == []
+        pages[-1].reload()  # from now on every run goes through app.py's navigation
+        pages[-1].wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"] h1', timeout=60_000)
+        links = pages[-1].locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+        assert [link.split("\n")[-1] for link in links] == NAV
+        for page in pages:
+            page.close()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from routed.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
+from routed.folders import OutputError
 from routed.model import RoutedTransformer
 
 
@@ -77,7 +78,7 @@ def test_default_fp16_round_trip_equals_the_fp16_rounded_model(tiny_run, saved, 
 
 def test_saving_over_a_checkpoint_replaces_it_whole(tiny_run, tmp_path, probe):
     path = save(tiny_run, tmp_path / "ckpt", dtype=torch.float32)
-    (path / "stale.txt").write_text("left over", encoding="utf-8")
+    (path / "sweep.csv").write_text("threshold,routed_ppl\n", encoding="utf-8")  # ours, and stale once replaced
     replacement = other_model(tiny_run)
     save(tiny_run, path, model=replacement, dtype=torch.float32)
     assert sorted(p.name for p in path.iterdir()) == [
@@ -89,6 +90,16 @@ def test_saving_over_a_checkpoint_replaces_it_whole(tiny_run, tmp_path, probe):
     loaded = logits(load_checkpoint(path).model, probe)
     assert torch.equal(loaded[3], logits(replacement, probe)[3])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary or old folders left
+
+
+def test_a_checkpoint_holding_a_users_file_is_never_replaced(tiny_run, tmp_path, probe):
+    path = save(tiny_run, tmp_path / "ckpt", dtype=torch.float32)
+    (path / "notes.txt").write_text("mine", encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    with pytest.raises(OutputError, match=r"holds files routed did not write \(notes.txt\)"):
+        save(tiny_run, path, model=other_model(tiny_run))
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
 def test_no_temporary_folders_are_left(tiny_run, tmp_path):
@@ -218,7 +229,11 @@ def test_missing_layer_weights_are_refused(saved):
 
 
 def test_tokenizer_of_another_size_is_refused(saved):
-    edit_config(saved, model__vocab_size=301)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(saved / "tokenizer.json"))
+    tokenizer.add_special_tokens(["<one more>"])  # 301 tokens for a model of 300
+    tokenizer.save(str(saved / "tokenizer.json"))
     with pytest.raises(CheckpointError, match="tokenizer has"):
         load_checkpoint(saved)
 

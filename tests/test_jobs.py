@@ -109,3 +109,16 @@ def test_sweep_csv_round_trip(tmp_path):
     (tmp_path / "sweep.csv").write_text("threshold,routed_ppl\n0.5,3\n")
     with pytest.raises(CheckpointError, match="lacks column"):
         read_sweep(tmp_path)
+
+
+def test_the_queue_holds_a_bounded_number_of_runs(tiny_world, tmp_path):
+    queue = JobQueue(max_active=2)
+    jobs = [queue.submit(tiny_job(tmp_path / name, tiny_world.corpus, steps=2000, eval_interval=1000)) for name in "ab"]
+    with pytest.raises(ValueError, match="^queue: 2 runs are already waiting or running"):
+        queue.submit(tiny_job(tmp_path / "c", tiny_world.corpus, steps=2))
+    for job in reversed(jobs):
+        job.cancel()
+    for job in jobs:
+        wait(job)
+    assert [job.status for job in jobs] == ["cancelled", "cancelled"]
+    queue.submit(tiny_job(tmp_path / "c", tiny_world.corpus, steps=2)).cancel()  # room again

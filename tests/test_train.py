@@ -267,7 +267,7 @@ def test_should_stop_cancels_and_progress_is_reported(tiny_run, tiny_run_corpus)
 
     def should_stop():
         polls.append(1)
-        return len(polls) > 5  # polled before each step: allows 5 steps
+        return len(polls) > 6  # polled once before training, then before each step: allows 5 steps
 
     result = train(
         tiny_run.model_config,

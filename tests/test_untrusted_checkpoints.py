@@ -60,6 +60,34 @@ def shapes_disagree(folder: Path, marker: Path) -> None:
     edit_config(folder, lambda c: c["model"].update(d_model=c["model"]["d_model"] * 2))
 
 
+def deeply_nested(folder: Path, marker: Path) -> None:
+    (folder / "config.json").write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+
+
+def huge_number(folder: Path, marker: Path) -> None:
+    edit_config(folder, lambda c: c["model"].update(d_model=10**30))
+
+
+def corpus_of_wrong_type(folder: Path, marker: Path) -> None:
+    edit_config(folder, lambda c: c.update(corpus=["not", "a", "mapping"]))
+
+
+def nan_weights(folder: Path, marker: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    tensors["ln_f.weight"][0] = float("nan")
+    save_file(tensors, folder / "model.safetensors")
+
+
+def integer_weights(folder: Path, marker: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    tensors["ln_f.weight"] = tensors["ln_f.weight"].to(torch.int32)
+    save_file(tensors, folder / "model.safetensors")
+
+
 CASES = {
     "truncated weights": (truncate, "not a valid safetensors file"),
     "pickle renamed to model.safetensors": (pickle_renamed, "not a valid safetensors file"),
@@ -68,6 +96,11 @@ CASES = {
     "config from a newer version": (newer_version, "upgrade routed"),
     "config with an unknown field": (unknown_field, "unknown field"),
     "tensor shapes disagree with the config": (shapes_disagree, "weights do not match config.json"),
+    "config nested 100,000 deep": (deeply_nested, "nested more than 64"),
+    "a 31-digit width": (huge_number, "d_model: 1,000,000,000,000,000,000,000,000,000,000 is above the limit"),
+    "corpus of the wrong type": (corpus_of_wrong_type, "corpus must be"),
+    "NaN weights": (nan_weights, "NaN or infinite values"),
+    "integer weights": (integer_weights, "floating-point weights only"),
 }
 
 
@@ -88,10 +121,25 @@ def test_token_routing_page_refuses_the_checkpoint_with_one_message(app_env, cas
 
 
 @pytest.mark.parametrize("page", ["pages/home.py", "pages/ppl_vs_compute.py", "pages/train.py"])
-@pytest.mark.parametrize("case", ["config from a newer version", "config with an unknown field"])
+@pytest.mark.parametrize("case", ["config from a newer version", "config with an unknown field", "config nested 100,000 deep",
+                                  "corpus of the wrong type", "integer weights"])
 def test_other_pages_survive_a_bad_config(app_env, page, case):
     CASES[case][0](app_env.checkpoints / VICTIM, app_env.tmp / "unpickled")
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
+
+
+@pytest.mark.parametrize("page, picker", [("pages/home.py", "home_model"), ("pages/token_routing.py", "routing_model")])
+def test_a_bad_checkpoint_is_listed_with_its_problem_and_skipped(app_env, page, picker):
+    deeply_nested(app_env.checkpoints / VICTIM, app_env.tmp / "unpickled")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [
+        f"Skipped 1 checkpoint folder(s) that cannot be used:\n\n- checkpoint '{VICTIM}': config.json: "
+        "nested more than 64 levels deep"
+    ]
+    assert VICTIM not in at.selectbox(key=picker).options and at.selectbox(key=picker).options

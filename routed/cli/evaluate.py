@@ -112,9 +112,29 @@ def cmd_route(args) -> int:
     return 0
 
 
+def csv_output(args):
+    """Where `sweep --csv` writes: a new file, a sweep of ours (with --force), or a checkpoint folder's sweep.csv."""
+    from pathlib import Path
+
+    from routed.folders import CHECKPOINT, OutputError, check_output_file, check_writable, ownership_problem
+    from routed.sweepfile import SWEEP_FILE, is_sweep_csv
+
+    if args.exits:
+        raise ValueError("csv: a multi-exit sweep has other columns; drop --exits to write the CSV")
+    path = Path(args.csv)
+    if path.is_dir() and not path.is_symlink():
+        if ownership_problem(path, CHECKPOINT) is not None or not (path / "config.json").is_file():
+            raise OutputError(f"csv: {path} is a folder and not a routed checkpoint; give a file path")
+        path = path / SWEEP_FILE
+    check_output_file(path, is_sweep_csv, args.force, "csv")
+    check_writable(path, "csv")
+    return path
+
+
 def cmd_sweep(args) -> int:
     from routed.sweep import DENSE_EXECUTION, sweep, sweep_exits
 
+    csv_path = csv_output(args) if args.csv else None
     ckpt = load(args)
     recs = records(ckpt, args)
     exits = sorted(set(args.exits or []) | {1, ckpt.model_config.n_layers})
@@ -148,13 +168,11 @@ def cmd_sweep(args) -> int:
           f"{EXECUTIONS[DENSE_EXECUTION]}.")
     if sparse:
         print(f"sparse: {EXECUTIONS['propagate']}.")
-    if args.csv:
+    if csv_path is not None:
         from routed.checkpoint import write_sweep
 
-        if args.exits:
-            raise ValueError("csv: a multi-exit sweep has other columns; drop --exits to write the CSV")
-        write_sweep(args.csv, rows)
-        print(f"wrote {args.csv}")
+        write_sweep(csv_path, rows)
+        print(f"wrote {csv_path}")
     return 0
 
 
@@ -210,7 +228,8 @@ def register(sub) -> None:
     argtypes.add_checkpoint_args(p, with_threshold=False)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--thresholds", type=argtypes.thresholds, default=[0.5, 0.7, 0.8, 0.9, 0.95])
-    p.add_argument("--csv", help="also write the rows to this CSV file")
+    p.add_argument("--csv", help="also write the rows to this CSV file (new; or a checkpoint folder: its sweep.csv)")
+    p.add_argument("--force", action="store_true", help="replace a sweep CSV routed wrote before at --csv")
     p.add_argument("--exits", type=argtypes.exits, help='multi-exit routing, e.g. "1,2,3": leave at the first confident exit')
     p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
                    help="sparse: also run layer-skipping execution at each threshold and report its PPL")

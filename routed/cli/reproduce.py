@@ -2,14 +2,61 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from routed.cli import args as argtypes
+
+REPORT_TITLE = b"# Reproduction"  # the first line of the report `reproduce` writes beside its folder
+
+
+def check_outputs(args) -> None:
+    """Refuse, before hours of training, an --out that is not a reproduction folder (or empty), a report
+    path holding another file, and --export targets that are not free (or ours, with --force)."""
+    from routed.config import PRESETS
+    from routed.files import MB, read_json
+    from routed.folders import (
+        CHECKPOINT,
+        OutputError,
+        check_name,
+        check_output_file,
+        check_replaceable,
+        check_writable,
+        output_folder,
+    )
+
+    out = output_folder(args.out, "out")
+    if os.path.lexists(out):
+        if out.is_symlink() or not out.is_dir():
+            raise OutputError(f"out: {out} is not a folder; routed writes a reproduction into a folder of its own")
+        if any(out.iterdir()):
+            try:
+                settings = read_json(out / "settings.json", MB, "settings.json")
+            except ValueError:
+                settings = None
+            if not (isinstance(settings, dict) and {"corpus", "seeds"} <= set(settings)):
+                raise OutputError(f"out: {out} is a folder that routed did not write (it has no reproduction "
+                                  "settings.json); choose a new or empty folder")
+
+    def is_report(path: Path) -> bool:
+        with open(path, "rb") as f:
+            return f.read(len(REPORT_TITLE)) == REPORT_TITLE
+
+    check_output_file(out.parent / f"{out.name}.md", is_report, True, "out (its report)")
+    check_writable(out)
+    if args.export:
+        dest = Path(os.path.abspath(args.export))
+        if os.path.lexists(dest) and (dest.is_symlink() or not dest.is_dir()):
+            raise OutputError(f"export: {dest} is not a folder")
+        for name in PRESETS:
+            check_replaceable(dest / check_name(args.export_prefix + name, "export-prefix"), CHECKPOINT, args.force,
+                              what="export")
 
 
 def cmd_reproduce(args) -> int:
     from routed.reproduce import ReproduceSettings, reproduce
 
+    check_outputs(args)
     schedules = [list(s) for s in args.alpha_schedule] if args.alpha_schedule else [[0.9, 0.5]]
     settings = ReproduceSettings(
         corpus=args.corpus or ("python-docs" if args.quick else "wikitext-2"), seeds=args.seeds, epochs=args.epochs,
@@ -42,4 +89,6 @@ def register(sub) -> None:
     p.add_argument("--out", default="reports/reproduction")
     p.add_argument("--export", help="also copy each preset's seed-0 model here (e.g. checkpoints)")
     p.add_argument("--export-prefix", default="", help="name the exported models PREFIX<preset> (e.g. tinystories-)")
+    p.add_argument("--force", action="store_true",
+                   help="let --export replace checkpoints of the same names (only routed checkpoints are replaced)")
     p.set_defaults(func=cmd_reproduce)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
+from pathlib import Path
 
 from routed.cli import args as argtypes
 from routed.config import PRESETS, ModelConfig, TrainConfig, get_preset
@@ -73,14 +73,37 @@ def build_configs(args) -> tuple[ModelConfig, TrainConfig]:
     return model_config, train_config
 
 
+def check_outputs(args, model_config, train_config) -> tuple[Path, Path]:
+    """The checkpoint folder and resume-state folder of a run, refused before it starts when they are not
+    free (or ours, with --force or --resume), or the run would not fit in memory."""
+    from routed.checkpoint import train_state_path
+    from routed.folders import CHECKPOINT, TRAIN_STATE, OutputError, check_replaceable, check_writable, output_folder
+    from routed.limits import check_memory
+
+    out = output_folder(args.out, "out")
+    check_replaceable(out, CHECKPOINT, args.force)
+    state = train_state_path(out)
+    check_replaceable(state, TRAIN_STATE, True)
+    if state.is_dir() and any(state.iterdir()) and not (args.resume or args.force):
+        raise OutputError(f"out: {state} holds the state of an interrupted run of {out.name}: add --resume to "
+                          "continue it, or --force to start afresh (it is then replaced)")
+    from routed.devices import pick_device
+
+    check_memory(model_config, train_config.batch_size, device=str(pick_device(args.device)))
+    check_writable(out)
+    return out, state
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from routed.checkpoint import save_trained, train_state_path
+    from routed.checkpoint import save_trained
     from routed.data import load_corpus
+    from routed.folders import TRAIN_STATE, remove_owned
     from routed.train import train
 
     model_config, train_config = build_configs(args)
+    out, state = check_outputs(args, model_config, train_config)
     corpus = load_corpus(args.corpus, text_column=args.text_column, max_chars=args.max_chars)
     bar = tqdm(total=1, unit="step", dynamic_ncols=True, disable=args.quiet)
 
@@ -94,7 +117,7 @@ def cmd_train(args) -> int:
         bar.set_postfix(postfix)
         bar.refresh()
 
-    state = train_state_path(args.out)  # saved at every validation, so that --resume can continue
+    # the state is saved at every validation, so that --resume can continue
     if args.resume and not (state / "state.json").is_file():
         print(f"nothing to resume in {state}: starting from step 0", file=sys.stderr)
     result = train(model_config, train_config, corpus, on_progress=on_progress, device=args.device,
@@ -102,13 +125,17 @@ def cmd_train(args) -> int:
     bar.close()
     if result.rank != 0:  # under torchrun, rank 0 alone writes the checkpoint
         return 0
-    path = save_trained(args.out, result, extra={"preset": args.preset, "processes": result.world})
+    if result.diverged and not result.good_weights:
+        print(f"error: training stopped: {result.diverged}; no validation found finite weights: nothing saved "
+              f"(the state in {state} is kept)", file=sys.stderr)
+        return 1
+    path = save_trained(out, result, extra={"preset": args.preset, "processes": result.world}, replace=args.force)
     last = result.history[-1] if result.history else {}
     if result.diverged:
-        print(f"error: training stopped: {result.diverged}; saved the last good weights "
-              f"(best validation at step {result.best_step}) to {path}", file=sys.stderr)
+        print(f"error: training stopped: {result.diverged}; saved the weights validated at step {result.best_step} "
+              f"to {path} (its config.json says so)", file=sys.stderr)
         return 1
-    shutil.rmtree(state, ignore_errors=True)  # finished: nothing left to resume
+    remove_owned(state, TRAIN_STATE.files)  # finished: nothing left to resume
     print(f"saved {path} (best step {result.best_step}{', stopped early' if result.stopped_early else ''})")
     if last:
         print("validation PPL by exit:", {k: round(v, 2) for k, v in last["val_ppl"].items()})
@@ -140,5 +167,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command from its last validation")
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (new, or empty)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a checkpoint already at --out (only a routed checkpoint is ever replaced)")
     p.set_defaults(func=cmd_train)
