@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["pages/home.py", "pages/train.py", "pages/token_routing.py", "pages/ppl_vs_compute.py", "pages/research.py"]
+PAGES = ["pages/home.py", "pages/train.py", "pages/token_routing.py", "pages/generate.py", "pages/ppl_vs_compute.py", "pages/research.py"]
 
 
 def open_page(page: str) -> AppTest:
@@ -223,8 +223,8 @@ def test_training_run_completes_and_becomes_selectable(app_env):
     assert "tiny_run" in at.selectbox(key="home_model").options
 
 
-def test_generate_panel_streams_tokens_and_reports_speeds(app_env):
-    at = open_page("pages/token_routing.py")
+def test_generate_page_streams_tokens_and_reports_speeds(app_env):
+    at = open_page("pages/generate.py")
     at.text_input(key="gen_prompt").set_value("The <b>tower</b>")
     at.number_input(key="gen_tokens").set_value(12)
     at.button(key="gen_run").click().run()
