@@ -23,7 +23,7 @@ clicked = st.button("Generate", key="gen_run")
 if clicked and not prompt.strip():
     st.error("Enter a prompt to generate from.")
 if clicked and prompt.strip():
-    from routed.inference import generate
+    from routed.generate import generate
     from routed.tokenizer import decode, encode
 
     ckpt = appkit.checkpoint(name)
