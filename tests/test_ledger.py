@@ -121,6 +121,6 @@ def test_ledger_matches_the_matmuls_each_routed_execution_runs(exits):
         out = routed_forward(model, x, threshold, mode, exits, kv_policy=kv_policy)
         left = out.exit_layer.flatten().tolist()
         assert mode == "plain" or 1 in left and 3 in left
-        counted = _matmul_flops(lambda: routed_forward(model, x, threshold, mode, exits, kv_policy=kv_policy))
+        counted = _matmul_flops(lambda m=mode, p=kv_policy: routed_forward(model, x, threshold, m, exits, kv_policy=p))
         ledger = sum(token_flops(cfg, exits, e, execution, attention=False) for e in left)
         assert counted == ledger, execution

@@ -215,8 +215,8 @@ def test_multi_exit_sweep_equals_a_direct_routed_forward():
 
 
 def test_confidence_probe_ranks_right_predictions_higher_and_skips_the_early_head(tiny_run, tiny_run_corpus):
-    from routed.records import evaluate, probe_training_data
     from routed.ledger import reference_flops, token_flops
+    from routed.records import evaluate, probe_training_data
     from routed.routing import fit_confidence_probe
     from routed.sweep import sweep
     from routed.tokenizer import encode
