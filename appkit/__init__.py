@@ -27,6 +27,7 @@ def _leave_pages_folder_mode() -> None:
 _leave_pages_folder_mode()
 
 from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart  # noqa: E402
+from appkit.generation import generate_modes, speculative_html, speed_table  # noqa: E402
 from appkit.loaders import (  # noqa: E402
     alpha_of,
     at_threshold,
@@ -57,7 +58,7 @@ __all__ = [
     "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
     "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
     "checkpoint_names", "compute_chart", "config", "confidence_histogram", "corpus_of", "corpus_options", "curve",
-    "describe", "generated_html", "history_chart", "job_queue", "model_picker", "pareto_front", "ppl_at",
-    "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload", "shallow_mask", "threshold_slider",
-    "token_html",
+    "describe", "generate_modes", "generated_html", "history_chart", "job_queue", "model_picker", "pareto_front", "ppl_at",
+    "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload", "shallow_mask", "speculative_html",
+    "speed_table", "threshold_slider", "token_html",
 ]

@@ -79,7 +79,7 @@ class SpeculativeGeneration(Generation):
     rounds: int = 0  # verification passes of the full model
     drafted: int = 0
     accepted: int = 0
-    ks: list[int] = field(default_factory=list)  # drafts allowed in each round
+    ks: list[int] = field(default_factory=list)  # drafts allowed in each round (fewer near the end or a full window)
 
     @property
     def acceptance_rate(self) -> float:
@@ -214,13 +214,13 @@ def speculative_generate(
     began = time.perf_counter()
     while len(result.tokens) < max_new_tokens:
         k = draft_k or best_k((result.accepted + 1) / (result.drafted + 2), costs)
+        result.ks.append(k)
         visible = len(ids) - start
         k = min(k, ctx - visible, max_new_tokens - len(result.tokens) - 1)
         drafts, confs, nxt, rejected, made, seen = spec.round(ids[-1], visible - 1, k, temperature, top_k, generator)
         result.rounds += 1
         result.drafted += made
         result.accepted += len(drafts)
-        result.ks.append(k)
         ids.extend(drafts + [nxt])
         t = time.perf_counter()
         new = [GeneratedToken(d, decode([d]) if decode else "", exits[0], c, drafted=True) for d, c in zip(drafts, confs)]
