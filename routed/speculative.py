@@ -258,12 +258,16 @@ def measure_costs(model: RoutedTransformer, exits, k_max: int = 8, repeats: int 
     ids = torch.randint(0, model.config.vocab_size, (length + 1,), generator=torch.Generator().manual_seed(0)).tolist()
     generator = torch.Generator().manual_seed(0)
 
+    cuda = model.tok_emb.weight.device.type == "cuda"
+
     def median_s(fn) -> float:
         fn()  # warm-up
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
             fn()
+            if cuda:  # the plain step returns logits still being computed
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
         return statistics.median(times)
 

@@ -163,3 +163,29 @@ def test_bad_requests_are_refused(kwargs, match):
 def test_a_one_exit_model_cannot_draft():
     with pytest.raises(ValueError, match="^exits: speculative decoding drafts with an early exit"):
         speculative_generate(sharp(n_layers=1), [1], 3, 0.5, 2)
+
+
+def test_bfloat16_weights_run_every_mode():
+    """Half-precision weights (as on a GPU): caches take the weights' type, confidences stay float32."""
+    model = sharp(dtype=torch.bfloat16)
+    plain = generate(model, [1, 2, 3], 20, None, "plain")
+    assert len(plain.tokens) == 20
+    assert len(generate(model, [1, 2, 3], 20, 0.5, "sparse", kv_policy="recompute").tokens) == 20
+    assert len(speculative_generate(model, [1, 2, 3], 20, 0.5, 2).tokens) == 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_gives_the_cpu_s_tokens():
+    from routed.sparse import routed_forward
+
+    cpu = sharp()
+    gpu = sharp().cuda()
+    x = torch.randint(0, 300, (3, 16), generator=torch.Generator().manual_seed(1))
+    t = median_confidence(cpu, x)
+    for policy in ("propagate", "copy", "recompute", "drop"):
+        a = routed_forward(cpu, x, t, "sparse", kv_policy=policy)
+        b = routed_forward(gpu, x.cuda(), t, "sparse", kv_policy=policy)
+        torch.testing.assert_close(b.logits.cpu(), a.logits, rtol=1e-6, atol=1e-6)
+    prompt = [3, 1, 4]
+    assert ids(speculative_generate(gpu, prompt, 30, None, 3)) == ids(generate(cpu, prompt, 30, None, "plain"))
+    assert ids(generate(gpu, prompt, 30, t, "sparse", kv_policy="recompute")) == ids(generate(cpu, prompt, 30, t, "dense"))
