@@ -145,7 +145,7 @@ class Decoder:
                 if self.kv_policy == "propagate":
                     run_rows(block, x, [pos], cache, i, kv_only=1)
                 elif self.kv_policy == "copy":
-                    cache.write(i, [pos], cache.k[exit_at - 1, :, pos : pos + 1], cache.v[exit_at - 1, :, pos : pos + 1])
+                    cache.write(i, [pos], cache.k[exit_at - 1, :, :, pos : pos + 1], cache.v[exit_at - 1, :, :, pos : pos + 1])
                 continue  # drop: none; recompute: deferred
             x = self._run_layer(block, x, pos, layer)
             if self.mode == "plain" or layer not in self.exits:

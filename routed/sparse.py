@@ -165,9 +165,9 @@ def routed_forward(
         else:
             k, v, present = _sparse_layer(block, x, going, kv_policy, k, v)
         if cache is not None:
-            cache.write(layer - 1, list(range(T)), k[0], v[0])
+            cache.write(layer - 1, list(range(T)), k, v)
             if present is not None:
-                cache.present[layer - 1, :T] = present[0].cpu()
+                cache.mark(layer - 1, present[0])
         if mode == "plain" or layer not in exits:
             continue
         if mode == "dense" or bool(active.all()):
