@@ -47,10 +47,11 @@ def speed_table(runs: dict) -> pd.DataFrame:
     plain = runs["plain"].tokens_per_s if "plain" in runs else float("nan")
     rows = []
     for mode, gen in runs.items():
-        row = {"mode": mode, "tokens/s": gen.tokens_per_s, "× plain": gen.tokens_per_s / plain if plain else float("nan")}
+        row = {"mode": mode, "tokens/s": round(gen.tokens_per_s, 1),
+               "× plain": round(gen.tokens_per_s / plain, 2) if plain else float("nan")}
         if hasattr(gen, "acceptance_rate"):
-            row["acceptance"] = gen.acceptance_rate
-            row["accepted drafts / verification"] = gen.mean_accepted_length
+            row["acceptance %"] = round(100 * gen.acceptance_rate, 1)
+            row["accepted drafts / verification"] = round(gen.mean_accepted_length, 2)
         rows.append(row)
     return pd.DataFrame(rows).set_index("mode")
 

@@ -233,7 +233,7 @@ def test_generate_page_colours_drafts_and_compares_speeds(app_env):
     table = at.dataframe[0].value
     assert list(table.index) == ["speculative", "routed", "plain"]
     assert table.loc["plain", "× plain"] == pytest.approx(1.0) and (table["tokens/s"] > 0).all()
-    assert 0 <= table.loc["speculative", "acceptance"] <= 1
+    assert 0 <= table.loc["speculative", "acceptance %"] <= 100
     shown = [h.value for h in at.get("html") if "routed-text" in h.value][-1]
     assert "accepted draft (exit 1)" in shown and shown.count('class="tok"') == 12  # rejected drafts are extra
     at.selectbox(key="gen_mode").set_value("routed").run()
