@@ -130,7 +130,8 @@ class _Speculator:
         """Draft up to k tokens after `token` (at `pos`), verify, keep the agreed prefix and one more.
 
         Returns (accepted drafts, their early confidences, the full model's token, the rejected draft or None,
-        drafts made). The cache afterwards holds positions up to and including the last accepted draft.
+        drafts made, every early confidence computed). The cache afterwards holds positions up to and
+        including the last accepted draft.
         """
         m = self.model
         states, drafts, q_probs, confs = [self._early(token, pos)], [], [], []
@@ -150,6 +151,7 @@ class _Speculator:
         for i, block in enumerate(m.blocks[self.early :], start=self.early):
             rows = run_rows(block, rows, positions, self.cache, i)
         full = m.head(rows)  # (m, V): the full model's next-token logits at each position
+        greedy = full.argmax(-1).tolist() if temperature <= 0 else None
         accepted, rejected = 0, None
         for i, d in enumerate(drafts):
             if temperature > 0:
@@ -157,7 +159,7 @@ class _Speculator:
                 q = q_probs[i].cpu()
                 ok = float(torch.rand(1, generator=generator)) < min(1.0, float(p[d] / q[d]))
             else:
-                ok = int(full[i].argmax()) == d
+                ok = greedy[i] == d
             if not ok:
                 rejected = d
                 if temperature > 0:
@@ -165,7 +167,7 @@ class _Speculator:
                     residual = residual if float(residual.sum()) > 0 else p
                     nxt = int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
                 else:
-                    nxt = int(full[i].argmax())
+                    nxt = greedy[i]
                 break
             accepted += 1
         else:
