@@ -8,8 +8,9 @@ For each trained checkpoint, on its corpus' test text and at its trained exits:
 - batched teacher-forced evaluation (a batch of context-length windows) at thresholds giving about
   25 / 50 / 75% early exits: plain, dense routing, and sparse routing under each KV policy;
 - greedy generation at batch 1 from prompts cut from the test text: plain KV-cached decoding, dense
-  and sparse routing at the checkpoint's threshold, and self-speculative decoding (k chosen from
-  measured costs), whose output is checked token for token against plain decoding.
+  and sparse routing at the threshold giving 50% early exits in the batch (or --threshold), and
+  self-speculative decoding (k chosen from measured costs), whose output is checked token for token
+  against plain decoding.
 
 Every repeat times every mode once, in a rotated order, and each mode's time is divided by the
 plain model's time in the same repeat; the tables give the median ratio and its range over the
@@ -74,7 +75,7 @@ def refused(label: str, dense: list[tuple], control: tuple) -> bool:
 
 
 @torch.no_grad()
-def batched(ckpt, tokens: torch.Tensor, exits: list[int], args, device) -> list[dict]:
+def batched(ckpt, tokens: torch.Tensor, exits: list[int], args, device) -> tuple[list[dict], list[float]]:
     cfg, model = ckpt.model_config, ckpt.model
     T = cfg.context_length
     n_rows = min(args.batch, (len(tokens) - 1) // T)
@@ -109,7 +110,7 @@ def batched(ckpt, tokens: torch.Tensor, exits: list[int], args, device) -> list[
     control = ratios(times, "plain again")
     if refused("dense routing (every layer and every exit's head)", [ratios(times, (t, "dense")) for t in thresholds],
                control):
-        return []
+        return [], thresholds
     print("| target early exits | threshold | execution | early exits | PPL (this batch) | FLOPs vs plain "
           "| time vs plain, median [range] | time ratio / FLOPs ratio |")
     print("|---|---|---|---|---|---|---|---|")
@@ -125,7 +126,7 @@ def batched(ckpt, tokens: torch.Tensor, exits: list[int], args, device) -> list[
             rows.append({"execution": execution, "gap": gap, "time": stats[0], "flops": flops / plain_flops})
             print(f"| {target} | {t:.4g} | {execution} | {100 * (1 - shares[exits[-1]]):.1f}% | {ppl:.3f} "
                   f"| {flops / plain_flops:.3f} | {fmt(stats)} | {gap:.2f} |")
-    return rows
+    return rows, thresholds
 
 
 def prompts_from(tokens: torch.Tensor, n: int, length: int) -> list[list[int]]:
@@ -134,9 +135,8 @@ def prompts_from(tokens: torch.Tensor, n: int, length: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def generation(ckpt, tokens: torch.Tensor, exits: list[int], args, device) -> dict:
+def generation(ckpt, tokens: torch.Tensor, exits: list[int], args, device, threshold: float) -> dict:
     model, n = ckpt.model, ckpt.model_config.n_layers
-    threshold = args.threshold if args.threshold is not None else ckpt.train_config.routing_threshold or 0.9
     prompts = prompts_from(tokens, args.prompts, args.prompt_tokens)
     new = args.new_tokens
     modes = {"plain": lambda p: generate(model, p, new, None, "plain", exits),
@@ -231,7 +231,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threshold", type=float, help="generation's routing threshold (default: the checkpoint's)")
+    parser.add_argument("--threshold", type=float,
+                        help="generation's routing threshold (default: the one giving 50%% early exits in the batch)")
     parser.add_argument("--draft-threshold", type=float, default=0.5, help="the second speculative row's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -254,8 +255,8 @@ def main() -> None:
         if len(exits) < 2:
             print("one trained exit: nothing to route or draft with; skipped")
             continue
-        rows = batched(ckpt, tokens, exits, args, device)
-        spec = generation(ckpt, tokens, exits, args, device)
+        rows, thresholds = batched(ckpt, tokens, exits, args, device)
+        spec = generation(ckpt, tokens, exits, args, device, args.threshold or thresholds[1])
         targets(ckpt.name, cfg.d_model, rows, spec)
 
 
