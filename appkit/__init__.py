@@ -8,6 +8,8 @@ from __future__ import annotations
 import streamlit as st
 
 from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart
+from appkit.generation import MODES as GENERATE_MODES
+from appkit.generation import generate_modes, speculative_html, speed_table
 from appkit.loaders import (
     alpha_of,
     at_threshold,
@@ -36,12 +38,12 @@ from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload
 from appkit.widgets import model_picker, show_problems, threshold_slider
 
 __all__ = [
-    "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
+    "AXES", "BASELINES", "GENERATE_MODES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
     "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
     "checkpoint_names", "checkpoint_problems", "compute_chart", "config", "confidence_histogram", "corpus_of",
-    "corpus_options", "curve", "describe", "generated_html", "history_chart", "job_queue", "model_picker",
+    "corpus_options", "curve", "describe", "generate_modes", "generated_html", "history_chart", "job_queue", "model_picker",
     "pareto_front", "ppl_at", "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload",
-    "shallow_mask", "show_problems", "threshold_slider", "token_html",
+    "shallow_mask", "show_problems", "speculative_html", "speed_table", "threshold_slider", "token_html",
 ]
 
 

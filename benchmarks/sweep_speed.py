@@ -20,9 +20,9 @@ import torch
 from routed.config import ModelConfig
 from routed.data import load_corpus
 from routed.devices import default_threads
-from routed.inference import routed_ppl
 from routed.model import RoutedTransformer
 from routed.records import evaluate
+from routed.sparse import routed_ppl
 from routed.sweep import sweep
 from routed.tokenizer import encode, train_tokenizer
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from routed.config import ModelConfig
 
-# name -> what runs; the PPL each produces is in routed.inference (and, for dense, routed.sweep)
+# name -> what runs; routed.sparse runs each (and routed.sweep gives dense's PPL from stored records)
 EXECUTIONS = {
     "plain": "every token through every layer and one head; no routing",
     "dense": "every token through every layer and every exit's head; the exit only picks the output (the notes' semantics)",
@@ -45,11 +45,12 @@ class TokenCost:
     probe: float
 
     @classmethod
-    def of(cls, cfg: ModelConfig) -> TokenCost:
+    def of(cls, cfg: ModelConfig, attention: bool = True) -> TokenCost:
+        """The costs of cfg; attention=False leaves out the attention scores (QK^T and AV), keeping the matmuls."""
         d, T = cfg.d_model, cfg.context_length
         # qkv 6d^2 + out-proj 2d^2 + MLP 16d^2 (x2 for multiply-adds), plus QK^T and AV over (T+1)/2
         # positions on average (2 * 2d each).
-        layer = 24 * d * d + 2 * d * (T + 1)
+        layer = 24 * d * d + (2 * d * (T + 1) if attention else 0)
         return cls(layer=float(layer), head=float(2 * d * cfg.vocab_size), kv=float(4 * d * d), probe=float(2 * d))
 
 
@@ -72,17 +73,18 @@ def _exits(cfg: ModelConfig, exits) -> list[int]:
     return exits
 
 
-def token_flops(cfg: ModelConfig, exits, exit_layer: int, execution: str, probe: bool = False) -> float:
+def token_flops(cfg: ModelConfig, exits, exit_layer: int, execution: str, probe: bool = False,
+                attention: bool = True) -> float:
     """Forward FLOPs of one token that leaves at `exit_layer` under `execution` (exits: the model's exit layers).
 
     probe: confidence comes from a learned linear probe of each exit's state, so a token runs one head,
-    at its own exit, and a probe at every exit it passes.
+    at its own exit, and a probe at every exit it passes. attention=False: without the attention scores.
     """
     check_execution(execution)
     exits = _exits(cfg, exits)
     if exit_layer not in exits:
         raise ValueError(f"exit_layer: {exit_layer} is not one of the exits {exits}")
-    cost, n = TokenCost.of(cfg), cfg.n_layers
+    cost, n = TokenCost.of(cfg, attention), cfg.n_layers
     if execution == "plain" or len(exits) == 1:  # a single exit routes nothing
         return n * cost.layer + cost.head
     if execution == "dense":

@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["pages/home.py", "pages/train.py", "pages/token_routing.py", "pages/ppl_vs_compute.py", "pages/research.py"]
+PAGES = ["pages/home.py", "pages/train.py", "pages/token_routing.py", "pages/generate.py", "pages/ppl_vs_compute.py", "pages/research.py"]
 
 
 def open_page(page: str) -> AppTest:
@@ -224,16 +224,35 @@ def test_training_run_completes_and_becomes_selectable(app_env):
     assert "tiny_run" in at.selectbox(key="home_model").options
 
 
-def test_generate_panel_streams_tokens_and_reports_speeds(app_env):
-    at = open_page("pages/token_routing.py")
+def test_generate_page_colours_drafts_and_compares_speeds(app_env):
+    at = open_page("pages/generate.py")
     at.text_input(key="gen_prompt").set_value("The <b>tower</b>")
     at.number_input(key="gen_tokens").set_value(12)
+    at.slider(key="gen_threshold").set_value(0.0).run()  # always draft: some drafts are accepted, some rejected
     at.button(key="gen_run").click().run()
     assert not at.exception and not errors(at)
-    labels = {m.label: m.value for m in at.metric}
-    assert "Routed (sparse) tokens/s" in labels and "Plain model tokens/s" in labels
-    generated = [h.value for h in at.get("html") if "routed-text" in h.value and "exit at layer" in h.value]
-    assert generated and generated[-1].count('class="tok"') == 12
+    table = at.dataframe[0].value
+    assert list(table.index) == ["speculative", "routed", "plain"]
+    assert table.loc["plain", "× plain"] == pytest.approx(1.0) and (table["tokens/s"] > 0).all()
+    assert 0 <= table.loc["speculative", "acceptance %"] <= 100
+    shown = [h.value for h in at.get("html") if "routed-text" in h.value][-1]
+    assert "accepted draft (exit 1)" in shown and shown.count('class="tok"') == 12  # rejected drafts are extra
+    at.selectbox(key="gen_mode").set_value("routed").run()
+    at.button(key="gen_run").click().run()
+    shown = [h.value for h in at.get("html") if "routed-text" in h.value][-1]
+    assert "exit at layer" in shown and shown.count('class="tok"') == 12
+
+
+def test_generate_page_says_a_one_exit_model_cannot_draft(app_env):
+    at = open_page("pages/generate.py")
+    at.selectbox(key="gen_model").set_value("standard_3l").run()
+    at.button(key="gen_run").click().run()
+    assert not at.exception
+    assert any("speculative decoding drafts with an early exit" in e for e in errors(at))
+    at.selectbox(key="gen_mode").set_value("plain").run()
+    at.button(key="gen_run").click().run()
+    assert not errors(at) and list(at.dataframe[0].value.index) == ["plain"]
+    assert any("speculative: not available" in c.value for c in at.caption)
 
 
 @pytest.fixture

@@ -303,7 +303,7 @@ def test_app_windows_a_long_text_and_says_so(app_env):
 
 
 def test_app_asks_for_a_prompt_before_generating(app_env):
-    at = open_page("pages/token_routing.py")
+    at = open_page("pages/generate.py")
     at.text_input(key="gen_prompt").set_value("   ")
     at.button(key="gen_run").click().run()
     assert not at.exception and errors(at) == ["Enter a prompt to generate from."]

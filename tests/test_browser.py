@@ -26,10 +26,11 @@ PAGES = {
     "token_routing": "token_routing",
     "home": "",
     "train": "train",
+    "generate": "generate",
     "ppl_vs_compute": "ppl_vs_compute",
     "research": "research",
 }
-NAV = ["Home", "Train", "Token routing", "PPL vs compute", "Research tables"]
+NAV = ["Home", "Train", "Token routing", "Generate", "PPL vs compute", "Research tables"]
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

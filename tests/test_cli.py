@@ -206,6 +206,28 @@ def test_sparse_flops_are_one_ledger_whichever_command_prints_them(workspace, ca
     assert result["sparse_execution"] == "propagate" and result["execution"] == "recompute"
 
 
+@pytest.mark.parametrize("policy", ["propagate", "copy", "recompute", "drop"])
+def test_eval_sparse_names_its_kv_policy_and_recompute_is_the_dense_ppl(workspace, capsys, policy):
+    _, checkpoint = workspace
+    base = ["--checkpoint", str(checkpoint), "--split", "validation", "--threshold", "0.3", "--mode", "sparse"]
+    assert main(["eval", *base, "--kv-policy", policy, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["sparse_execution"] == policy
+    if policy == "recompute":  # the same computation as the notes' routing, priced by the same ledger entry
+        assert result["sparse_ppl"] == pytest.approx(result["routed_ppl"], rel=1e-5)
+        assert result["sparse_flops_pct"] == pytest.approx(result["flops_pct"])
+    assert main(["sweep", *base[:4], "--thresholds", "0.3", "--mode", "sparse", "--kv-policy", policy]) == 0
+    out = capsys.readouterr().out
+    assert f"FLOPs% ({policy}) |" in out and _table_rows(out)[0][-1] == f"{result['sparse_flops_pct']:.1f}%"
+
+
+def test_eval_refuses_an_unknown_kv_policy(workspace, capsys):
+    _, checkpoint = workspace
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--checkpoint", str(checkpoint), "--mode", "sparse", "--kv-policy", "keep"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
 def test_sweep_with_three_exits_prints_each_exit_share(workspace, capsys):
     _, checkpoint = workspace
     assert main(["sweep", "--checkpoint", str(checkpoint), "--thresholds", "0,0.3,1", "--exits", "1,2,3"]) == 0

@@ -99,3 +99,28 @@ def test_ledger_matches_the_model_s_counted_matmuls():
     dense = _matmul_flops(lambda: model(x, exits=[1, cfg.n_layers]))
     assert dense / tokens == token_flops(cfg, [1, cfg.n_layers], 1, "dense") - cfg.n_layers * attention
     assert cost.head == 2 * cfg.d_model * cfg.vocab_size
+
+
+@pytest.mark.parametrize("exits", [[1, 3], [1, 2, 3]])
+@torch.no_grad()
+def test_ledger_matches_the_matmuls_each_routed_execution_runs(exits):
+    """plain, dense and sparse under every KV policy: counted matmuls == the ledger, token by token (no attention scores)."""
+    from routed.routing import confidence
+    from routed.sparse import routed_forward
+
+    cfg = tiny_model_config()
+    torch.manual_seed(0)
+    model = RoutedTransformer(cfg).eval()
+    for p in model.parameters():
+        p.mul_(8)  # confidences spread over (0, 1): some tokens exit at each exit
+    x = torch.randint(0, cfg.vocab_size, (3, cfg.context_length), generator=torch.Generator().manual_seed(1))
+    threshold = float(confidence(model(x, exits=[1])[1]).quantile(0.6))
+    for execution in EXECUTIONS:
+        mode = execution if execution in ("plain", "dense") else "sparse"
+        kv_policy = execution if mode == "sparse" else "propagate"
+        out = routed_forward(model, x, threshold, mode, exits, kv_policy=kv_policy)
+        left = out.exit_layer.flatten().tolist()
+        assert mode == "plain" or 1 in left and 3 in left
+        counted = _matmul_flops(lambda m=mode, p=kv_policy: routed_forward(model, x, threshold, m, exits, kv_policy=p))
+        ledger = sum(token_flops(cfg, exits, e, execution, attention=False) for e in left)
+        assert counted == ledger, execution

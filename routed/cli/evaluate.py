@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from routed.cli import args as argtypes
-from routed.ledger import EXECUTIONS
+from routed.ledger import EXECUTIONS, KV_POLICIES
 
 
 def load(args):
@@ -37,18 +37,18 @@ def _split_tokens(ckpt, args):
 
 
 def sparse_run(ckpt, args, tokens, threshold: float | None, exits=None) -> dict:
-    """PPL, bits per byte and cost of routed execution that really skips layers (markers left out when asked)."""
-    from routed.inference import routed_ppl
+    """PPL, bits per byte and cost of routed execution that really skips layers under --kv-policy (markers left out when asked)."""
     from routed.ledger import execution_cost
+    from routed.sparse import routed_ppl
     from routed.tokenizer import marker_ids, token_byte_lengths
 
     exclude = marker_ids(ckpt.tokenizer) if args.exclude_markers else []
     run = routed_ppl(ckpt.model, tokens, threshold, "sparse", exits, exclude_ids=exclude,
-                     token_bytes=token_byte_lengths(ckpt.tokenizer))
+                     token_bytes=token_byte_lengths(ckpt.tokenizer), kv_policy=args.kv_policy)
     shares = {e: pct / 100.0 for e, pct in run["exit_pct"].items()}
-    compute, flops = execution_cost(ckpt.model_config, shares, "propagate", exits=list(shares))
+    compute, flops = execution_cost(ckpt.model_config, shares, run["execution"], exits=list(shares))
     return {"ppl": run["ppl"], "bpb": run["bpb"], "compute_pct": float(compute), "flops_pct": float(flops),
-            "execution": "propagate", "exit_pct": run["exit_pct"]}
+            "execution": run["execution"], "exit_pct": run["exit_pct"]}
 
 
 def _markers_line(ckpt, args) -> str:
@@ -85,9 +85,10 @@ def cmd_eval(args) -> int:
     print(f"  Compute%        {result['compute_pct']:10.1f}  (layers on each token's path)")
     print(f"  FLOPs%          {result['flops_pct']:10.1f}  ({result['execution']} execution: {EXECUTIONS[result['execution']]})")
     if "sparse_ppl" in result:
+        execution = result["sparse_execution"]
         print(f"  sparse PPL      {result['sparse_ppl']:10.2f}  per token; {result['sparse_bpb']:.4f} bits per byte "
-              "(deep layers skipped for exited tokens)")
-        print(f"  sparse FLOPs%   {result['sparse_flops_pct']:10.1f}  (propagate execution: {EXECUTIONS['propagate']})")
+              f"(deep layers skipped for exited tokens; KV policy {execution})")
+        print(f"  sparse FLOPs%   {result['sparse_flops_pct']:10.1f}  ({execution} execution: {EXECUTIONS[execution]})")
     return 0
 
 
@@ -151,7 +152,7 @@ def cmd_sweep(args) -> int:
           f"{'exits ' + str(exits) + ', max_softmax' if args.exits else 'confidence: ' + args.measure}; {_markers_line(ckpt, args)}")
     head = "".join(f" exit {e}% |" for e in shown) if shown else " Shallow% |"
     print(f"| Threshold | PPL | bits/byte |{head} Compute% | FLOPs% ({DENSE_EXECUTION}) |"
-          + (" sparse PPL | sparse bits/byte | FLOPs% (propagate) |" if sparse else ""))
+          + (f" sparse PPL | sparse bits/byte | FLOPs% ({args.kv_policy}) |" if sparse else ""))
     print("|---|---|---|" + "---|" * max(1, len(shown)) + "---|---|" + ("---|---|---|" if sparse else ""))
     for i, t in enumerate(rows["threshold"]):
         shares = "".join(f" {rows[f'exit_{e}_pct'][i]:.1f}% |" for e in shown) if shown else f" {rows['shallow_pct'][i]:.1f}% |"
@@ -167,7 +168,7 @@ def cmd_sweep(args) -> int:
     print(f"PPL is the notes' routing; FLOPs% ({DENSE_EXECUTION}) is the cheapest execution giving exactly it: "
           f"{EXECUTIONS[DENSE_EXECUTION]}.")
     if sparse:
-        print(f"sparse: {EXECUTIONS['propagate']}.")
+        print(f"sparse ({args.kv_policy}): {EXECUTIONS[args.kv_policy]}.")
     if csv_path is not None:
         from routed.checkpoint import write_sweep
 
@@ -210,11 +211,18 @@ def cmd_exits(args) -> int:
     return 0
 
 
+def _add_kv_policy(p) -> None:
+    p.add_argument("--kv-policy", default="propagate", choices=list(KV_POLICIES),
+                   help="with --mode sparse: the keys and values exited tokens leave at deeper layers "
+                        "(propagate, copy, recompute = exactly dense routing, drop)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("eval", help="PPL and bits per byte of every exit and of the routed model")
     argtypes.add_checkpoint_args(p)
     p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
                    help="sparse: also run routed execution that really skips layers, and report its PPL")
+    _add_kv_policy(p)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -233,6 +241,7 @@ def register(sub) -> None:
     p.add_argument("--exits", type=argtypes.exits, help='multi-exit routing, e.g. "1,2,3": leave at the first confident exit')
     p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
                    help="sparse: also run layer-skipping execution at each threshold and report its PPL")
+    _add_kv_policy(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("exits", help="what exits: the token strings behind the shallow tokens at a threshold")
