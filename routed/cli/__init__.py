@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from routed.cli import calibrate, evaluate, reproduce, train
+from routed.cli import calibrate, evaluate, pretrained, reproduce, train
 
-COMMAND_MODULES = (train, evaluate, calibrate, reproduce)
+COMMAND_MODULES = (train, evaluate, calibrate, reproduce, pretrained)
 
 
 def make_parser() -> argparse.ArgumentParser:
