@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from appkit.loaders import checkpoint_names, describe
+from appkit.loaders import checkpoint_names, describe, pretrained_names
 from routed.checkpoint import checkpoints_dir
 
 
 def model_picker(key: str, label: str = "Model", state: str = "model", optional: bool = False) -> str | None:
-    """A checkpoint selectbox whose choice is kept across pages in st.session_state[state]."""
-    names = checkpoint_names()
+    """A checkpoint selectbox whose choice is kept across pages in st.session_state[state].
+
+    It lists the checkpoint folders (exit adapters on a pretrained model included) and every fetched
+    pretrained model as hf:NAME.
+    """
+    names = checkpoint_names() + pretrained_names()
     if not names:
         st.info(f"No checkpoints in {checkpoints_dir()}: train one on the Train page.")
         return None

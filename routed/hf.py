@@ -22,6 +22,9 @@ DEFAULT_WINDOW = 1024  # tokens per evaluation window (records, sweeps), at most
 LENS_EXITS = 6  # exits read by default on a deep model without adapters (every layer when it has at most 12)
 
 
+_ROUTED_INTERNALS = ("tok_emb", "pos_emb", "blocks", "embed", "ln_f")
+
+
 class _Stop(Exception):
     """Raised by a layer hook to end the trunk's forward pass once the deepest wanted exit is read."""
 
@@ -118,7 +121,8 @@ class PretrainedLM(nn.Module):
         def hook_for(layer: int):
             def hook(module, args, output):
                 captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
-                if layer == wanted[-1] or (stop is not None and stop(layer, captured[layer])):
+                stopped = stop is not None and stop(layer, captured[layer])
+                if stopped or layer == wanted[-1]:
                     raise _Stop
             return hook
 
@@ -133,14 +137,15 @@ class PretrainedLM(nn.Module):
                     handle.remove()
         return captured
 
+    def exit_norm(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Exit `layer`'s read-out of raw states: its adapter (if any), then the shared final norm."""
+        if self.adapters is not None and layer in self.adapters:
+            hidden = self.adapters(layer, hidden)
+        return self.norm(hidden)
+
     def exit_features(self, idx: torch.Tensor, exits=None, stop=None) -> dict[int, torch.Tensor]:
         """Final-normed states (B, T, C) of each requested exit (default: every layer), adapters applied."""
-        features = {}
-        for layer, h in self.hidden_states(idx, exits, stop).items():
-            if self.adapters is not None and layer in self.adapters:
-                h = self.adapters(layer, h)
-            features[layer] = self.norm(h)
-        return features
+        return {layer: self.exit_norm(layer, h) for layer, h in self.hidden_states(idx, exits, stop).items()}
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's own exit: final norm + output head, (..., C) -> (..., V) (no adapter)."""
@@ -149,6 +154,12 @@ class PretrainedLM(nn.Module):
     def forward(self, idx: torch.Tensor, exits=None) -> dict[int, torch.Tensor]:
         """Logits (B, T, V) of each requested exit (default: every layer)."""
         return {layer: self.lm_head(h) for layer, h in self.exit_features(idx, exits).items()}
+
+    def __getattr__(self, name: str):
+        if name in _ROUTED_INTERNALS:  # read by routed.inference, which runs routed's own transformer
+            raise ValueError("sparse execution and KV-cached generation run routed's own transformer; a pretrained "
+                             "model is evaluated dense (records, sweeps) and generates with routed.hf_generate")
+        return super().__getattr__(name)
 
     def train(self, mode: bool = True):
         """Only the adapters ever train: the pretrained model stays in eval mode (no dropout)."""

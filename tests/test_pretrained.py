@@ -185,3 +185,27 @@ def test_llama_shapes_in_the_ledger_config_and_records(tmp_path):
                            early_exit=30, model_config=llama)
     records.save(tmp_path / "r.npz")
     assert TokenRecords.load(tmp_path / "r.npz").model_config == llama
+
+
+def test_routed_generation_on_a_pretrained_model_stops_at_the_first_confident_exit(hf_world):
+    from routed.hf_generate import generate_pretrained
+    from routed.pretrained import load_pretrained
+
+    model = load_pretrained(f"hf:{hf_world.llama}").model
+    prompt = encode(hf_world.tokenizer, "the cat sees").tolist()
+    deep = generate_pretrained(model, prompt, 6, None)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(6):  # greedy decoding of transformers' own logits
+            ids.append(int(_hf(hf_world.llama)(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert [t.token_id for t in deep.tokens] == ids[len(prompt):] and {t.exit_layer for t in deep.tokens} == {3}
+    ran = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(model.layers, 1)]
+    try:
+        shallow = generate_pretrained(model, prompt, 4, 0.0, exits=[1, 2])
+    finally:
+        for h in handles:
+            h.remove()
+    assert {t.exit_layer for t in shallow.tokens} == {1} and set(ran) == {1}  # layers 2 and 3 never ran
+    with pytest.raises(ValueError, match="pretrained model is evaluated dense"):
+        model.blocks  # noqa: B018  (routed.inference's sparse execution reads this)

@@ -54,9 +54,10 @@ def sparse_run(ckpt, args, tokens, threshold: float | None, exits=None) -> dict:
     """PPL, bits per byte and cost of routed execution that really skips layers (markers left out when asked)."""
     from routed.inference import routed_ppl
     from routed.ledger import execution_cost
+    from routed.model import RoutedTransformer
     from routed.tokenizer import marker_ids, token_byte_lengths
 
-    if not hasattr(ckpt.model, "blocks"):
+    if not isinstance(ckpt.model, RoutedTransformer):
         raise ValueError("--mode sparse runs routed's own transformer; a pretrained model is evaluated dense")
     exclude = marker_ids(ckpt.tokenizer) if args.exclude_markers else []
     run = routed_ppl(ckpt.model, tokens, threshold, "sparse", exits, exclude_ids=exclude,
