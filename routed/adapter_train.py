@@ -33,7 +33,7 @@ class AdapterTrainConfig:
     pool_tokens: int = 16_384  # training tokens whose states are computed once
     eval_tokens: int = 4_096  # validation tokens (a fixed prefix of windows)
     window: int = 256  # context length of the windows the tokens are cut into
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     init: str = "regression"
     ridge: float = 1e-2  # regression penalty, on standardised states
     eval_interval: int = 50

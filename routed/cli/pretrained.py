@@ -103,7 +103,7 @@ def register(sub) -> None:
     p.add_argument("--eval-tokens", type=int, default=4_096, help="validation tokens")
     p.add_argument("--window", type=int, default=256, help="context of the training windows")
     p.add_argument("--context-length", type=int, help="evaluation window of the saved model (default: up to 1024)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--init", default="regression", choices=["regression", "identity"])
     p.add_argument("--threshold", type=float, help="routing threshold stored with the adapters")
     p.add_argument("--seed", type=int, default=0)
