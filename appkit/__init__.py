@@ -9,7 +9,7 @@ import streamlit as st
 
 from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart
 from appkit.generation import MODES as GENERATE_MODES
-from appkit.generation import generate_modes, speculative_html, speed_table
+from appkit.generation import exits_of, generate_modes, speculative_html, speed_table
 from appkit.loaders import (
     alpha_of,
     at_threshold,
@@ -41,7 +41,7 @@ __all__ = [
     "AXES", "BASELINES", "GENERATE_MODES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
     "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
     "checkpoint_names", "checkpoint_problems", "compute_chart", "config", "confidence_histogram", "corpus_of",
-    "corpus_options", "curve", "describe", "generate_modes", "generated_html", "history_chart", "job_queue", "model_picker",
+    "corpus_options", "curve", "describe", "exits_of", "generate_modes", "generated_html", "history_chart", "job_queue", "model_picker",
     "pareto_front", "ppl_at", "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload",
     "shallow_mask", "show_problems", "speculative_html", "speed_table", "threshold_slider", "token_html",
 ]

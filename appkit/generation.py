@@ -59,6 +59,17 @@ def speed_table(runs: dict) -> pd.DataFrame:
 MODES = ("speculative", "routed", "plain")
 
 
+def exits_of(ckpt) -> list[int]:
+    """The exits generation routes between: a routed model's trained exits, a pretrained model's read-outs."""
+    from routed.model import RoutedTransformer
+    from routed.records import model_exits
+    from routed.sparse import trained_exits
+
+    if isinstance(ckpt.model, RoutedTransformer):
+        return trained_exits(ckpt.train_config, ckpt.model_config.n_layers)
+    return model_exits(ckpt.model, None)
+
+
 def generate_modes(ckpt, ids: list[int], max_new: int, threshold, chosen: str, draft_k, kv_policy: str,
                    temperature: float, top_k, on_token=None) -> tuple[dict, dict]:
     """Generate from ids in the chosen mode (streamed to on_token) and then in the others, for their speeds.
@@ -66,11 +77,13 @@ def generate_modes(ckpt, ids: list[int], max_new: int, threshold, chosen: str, d
     Returns ({mode: Generation}, {mode: why it could not run}); the chosen mode comes first.
     """
     from routed.generate import generate
-    from routed.sparse import trained_exits
+    from routed.hf_generate import generate_pretrained
+    from routed.model import RoutedTransformer
     from routed.speculative import speculative_generate
     from routed.tokenizer import decode
 
-    exits = trained_exits(ckpt.train_config, ckpt.model_config.n_layers)
+    own = isinstance(ckpt.model, RoutedTransformer)
+    exits = exits_of(ckpt)
     options = dict(temperature=temperature, top_k=top_k or None, decode=lambda i: decode(ckpt.tokenizer, i))
     runs, errors = {}, {}
     for mode in [chosen] + [m for m in MODES if m != chosen]:
@@ -78,8 +91,14 @@ def generate_modes(ckpt, ids: list[int], max_new: int, threshold, chosen: str, d
         if mode == "routed" and len(exits) < 2:
             errors[mode] = f"this model has one exit (layer {exits[0]}): nothing to route"
             continue
+        if not own and mode == "speculative":
+            errors[mode] = "speculative decoding needs routed's own transformer (its shared KV cache)"
+            continue
         try:
-            if mode == "speculative":
+            if not own:  # a pretrained model: no KV cache; each step runs up to its exit
+                runs[mode] = generate_pretrained(ckpt.model, ids, max_new, threshold if mode == "routed" else None,
+                                                 exits, on_token=stream, **options)
+            elif mode == "speculative":
                 runs[mode] = speculative_generate(ckpt.model, ids, max_new, threshold, draft_k, exits,
                                                   on_token=stream, **options)
             elif mode == "routed":

@@ -18,8 +18,6 @@ from routed.checkpoint import (
     checkpoints_dir,
     inspect_checkpoint,
     list_checkpoints,
-    load_checkpoint,
-    read_config,
     read_sweep,
 )
 from routed.config import ModelConfig
@@ -41,8 +39,11 @@ def _stamp(path: Path) -> int:
 
 def _files_stamp(name: str) -> tuple:
     """Changes whenever any file a checkpoint is loaded from is replaced (not only its config.json)."""
+    if _is_pretrained(name):
+        return ()  # a fetched model's files are not replaced in place
     folder = checkpoint_path(name)
-    return tuple(_stamp(folder / f) for f in ("config.json", "model.safetensors", "tokenizer.json", "sweep.csv"))
+    files = ("config.json", "model.safetensors", "adapters.safetensors", "tokenizer.json", "sweep.csv")
+    return tuple(_stamp(folder / f) for f in files)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -52,7 +53,12 @@ def _names(root: str, stamp: int) -> list[str]:
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _problem(name: str, stamp: tuple) -> str | None:
+    from routed.adapters import is_adapter_folder, read_adapter_config
+
     try:
+        if is_adapter_folder(checkpoint_path(name)):
+            read_adapter_config(checkpoint_path(name))
+            return None
         inspect_checkpoint(checkpoint_path(name))  # the config and the weights' header: no tensor is read
     except (ValueError, OSError) as exc:
         return str(exc)
@@ -71,23 +77,47 @@ def checkpoint_names() -> list[str]:
     return [n for n in names if _problem(n, _files_stamp(n)) is None]
 
 
+def _is_pretrained(name: str) -> bool:
+    return name.startswith("hf:")  # a fetched pretrained model (routed.fetch), not a folder of checkpoints/
+
+
+def pretrained_names() -> list[str]:
+    """hf:NAME of every fetched pretrained model (python -m routed fetch-model), for the model picker."""
+    from routed.fetch import registered_models
+
+    return [f"hf:{name}" for name in registered_models()]
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def _config(name: str, stamp: int) -> dict:
-    return read_config(checkpoint_path(name))
+    from routed.pretrained import read_any_config
+
+    if _is_pretrained(name):
+        return checkpoint(name).meta | {"train": checkpoint(name).train_config.to_dict()}
+    return read_any_config(checkpoint_path(name))
+
+
+def _config_stamp(name: str) -> int:
+    return 0 if _is_pretrained(name) else _stamp(checkpoint_path(name) / "config.json")
 
 
 def config(name: str) -> dict:
-    """The config.json of a checkpoint (no weights are read)."""
-    return _config(name, _stamp(checkpoint_path(name) / "config.json"))
+    """The config.json of a checkpoint or exit-adapters folder (no weights are read; hf:NAME loads the model)."""
+    return _config(name, _config_stamp(name))
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _checkpoint(name: str, stamp: tuple):
-    return load_checkpoint(checkpoint_path(name))
+    from routed.pretrained import load_any
+
+    return load_any(name if _is_pretrained(name) else checkpoint_path(name))
 
 
 def checkpoint(name: str):
-    """A loaded checkpoint (model, tokenizer, configs), kept in memory for a few models."""
+    """A loaded checkpoint (model, tokenizer, configs), kept in memory for a few models.
+
+    An exit-adapters folder whose base model is not fetched raises a ValueError saying how to fetch it.
+    """
     return _checkpoint(name, _files_stamp(name))
 
 
@@ -99,7 +129,9 @@ def alpha_of(cfg: dict) -> float | None:
 
 
 def describe(name: str) -> str:
-    """One line about a checkpoint: layers, layer weights, stored threshold, corpus."""
+    """One line about a checkpoint: layers, layer weights, stored threshold, corpus (or the pretrained base)."""
+    if _is_pretrained(name) or config(name).get("kind") == "exit-adapters":
+        return _describe_pretrained(name)
     cfg = config(name)
     weights = ", ".join(f"L{k}: {v:.2g}" for k, v in cfg["train"]["layer_weights"].items() if v > 0)
     t = cfg["train"].get("routing_threshold")
@@ -107,6 +139,23 @@ def describe(name: str) -> str:
         f"{cfg['model']['n_layers']} layer(s), d_model {cfg['model']['d_model']}; loss weights {{{weights}}}; "
         f"threshold {'none' if t is None else t}; corpus {Path(cfg['corpus']['name']).name}"
     )
+
+
+def _describe_pretrained(name: str) -> str:
+    """A pretrained model or adapters on one, without loading it; says how to fetch a base that is missing."""
+    from routed.fetch import KNOWN_MODELS, fetch_command, registered_path
+
+    if _is_pretrained(name):
+        known = KNOWN_MODELS.get(name[3:])
+        return f"{known.description if known else 'a pretrained causal LM'}; every layer read by the logit lens"
+    cfg = config(name)
+    base = cfg["base"]["spec"]
+    line = (f"exit adapters at layers {', '.join(map(str, cfg['exits']))} of {base} ({cfg['model']['n_layers']} "
+            f"layers, d_model {cfg['model']['d_model']}); corpus {Path(cfg['corpus']['name']).name}")
+    short = base[3:]
+    if short in KNOWN_MODELS and registered_path(short) is None:
+        line += f". The base model is not fetched yet: run `{fetch_command(short)}`"
+    return line
 
 
 @st.cache_data(max_entries=32, show_spinner="Evaluating the test split…")
@@ -136,6 +185,9 @@ def at_threshold(records, threshold: float, measure: str) -> dict:
 
 def curve(name: str) -> pd.DataFrame:
     """Routed PPL, Shallow%, Compute%, FLOPs% (and shallow/deep/oracle PPL) over all thresholds."""
+    if _is_pretrained(name):
+        raise ValueError(f"{name}: a pretrained model without adapters has no corpus to sweep; train exit adapters "
+                         f"(python -m routed train-adapters --base {name} ...) or route a text on the Token routing page")
     result = _curve(name, _files_stamp(name))
     if isinstance(result, str):
         raise ValueError(result)

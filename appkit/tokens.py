@@ -68,7 +68,7 @@ def token_html(
             f'<span class="tok {path}" style="background:{colour}">{_text(token)}<span class="tip">{tip}</span></span>'
         )
     legend = (
-        f'<div class="routed-legend"><span style="background:{_rgba(SHALLOW, 0.8)}">shallow (exit after layer 1)</span>'
+        f'<div class="routed-legend"><span style="background:{_rgba(SHALLOW, 0.8)}">shallow (exit after layer {rec.early_exit})</span>'
         f'<span style="background:{_rgba(DEEP, 0.8)}">deep (all layers)</span> darker = more confident; hover a token</div>'
     )
     return TOKEN_CSS + legend + '<div class="routed-text">' + "".join(spans) + "</div>"

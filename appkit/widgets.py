@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from appkit.loaders import checkpoint_names, checkpoint_problems, describe
+from appkit.loaders import checkpoint_names, checkpoint_problems, describe, pretrained_names
 from routed.checkpoint import checkpoints_dir
 
 
 def model_picker(key: str, label: str = "Model", state: str = "model", optional: bool = False) -> str | None:
     """A checkpoint selectbox whose choice is kept across pages in st.session_state[state].
 
-    Checkpoints that cannot be used are not offered; the first picker of a page lists them with their problem.
+    It lists the usable checkpoint folders (exit adapters on a pretrained model included) and every fetched
+    pretrained model as hf:NAME; the first picker of a page lists the unusable folders with their problem.
     """
     if not optional:
         show_problems()
-    names = checkpoint_names()
+    names = checkpoint_names() + pretrained_names()
     if not names:
         st.info(f"No checkpoints in {checkpoints_dir()}: train one on the Train page.")
         return None

@@ -133,11 +133,13 @@ def main() -> None:
     config.get_config_options()  # parsed now, so that no later parse resets the level set next
     streamlit.logger.set_log_level("error")  # AppTest sessions in threads each warn of a missing ScriptRunContext
 
+    from routed.adapters import is_adapter_folder
     from routed.checkpoint import list_checkpoints
     from routed.devices import default_threads
 
     torch.set_num_threads(default_threads())
-    models = list_checkpoints(args.checkpoints)
+    # routed's own models; exit adapters load a pretrained base of their own (benchmarks/pretrained_records.py)
+    models = [m for m in list_checkpoints(args.checkpoints) if not is_adapter_folder(Path(args.checkpoints) / m)]
     print(f"{len(models)} checkpoints in {args.checkpoints}; RSS at start {rss_mib():.0f} MiB")
     with tempfile.TemporaryDirectory(prefix="routed-app-memory-") as cache:
         os.environ["ROUTED_CACHE_DIR"] = cache

@@ -31,11 +31,10 @@ if not prompt.strip():
     st.error("Enter a prompt to generate from.")
     st.stop()
 
-from routed.sparse import trained_exits  # noqa: E402
 from routed.tokenizer import encode  # noqa: E402
 
 ckpt = appkit.checkpoint(name)
-early = trained_exits(ckpt.train_config, ckpt.model_config.n_layers)[0]
+early = appkit.exits_of(ckpt)[0]
 ids = encode(ckpt.tokenizer, prompt).tolist()
 if len(ids) > ckpt.model_config.context_length:
     st.caption(f"The prompt is {len(ids):,} tokens: generation sees its last {ckpt.model_config.context_length}.")

@@ -22,6 +22,11 @@ class ModelConfig:
     n_heads: int = 4  # attention heads; d_model must divide by it
     context_length: int = 128  # tokens per window
     dropout: float = 0.0  # on attention weights and residual branches (training only)
+    # Shapes of other decoder families (pretrained models), for the FLOPs ledger; the defaults are
+    # routed's own GPT-2-style block and are left out of to_dict, so its JSON is unchanged.
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: n_heads
+    d_ff: int | None = None  # MLP hidden width; None: 4 * d_model
+    gated_mlp: bool = False  # a gated MLP (SwiGLU: gate, up, down: 3 matrices) instead of 2
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layers", "d_model", "n_heads", "context_length"):
@@ -33,13 +38,40 @@ class ModelConfig:
             _fail("d_model", f"{self.d_model} is not divisible by n_heads={self.n_heads}")
         if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             _fail("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("n_kv_heads", "d_ff"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                _fail(name, f"must be a positive integer or None, got {value!r}")
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
+            _fail("n_kv_heads", f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        if not isinstance(self.gated_mlp, bool):
+            _fail("gated_mlp", f"must be true or false, got {self.gated_mlp!r}")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_heads unless grouped-query attention shares them."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def mlp_width(self) -> int:
+        """Hidden width of the MLP."""
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def is_routed_block(self) -> bool:
+        """Whether these are the shapes of routed's own block (full attention, 4x GELU MLP)."""
+        return self.kv_heads == self.n_heads and self.mlp_width == 4 * self.d_model and not self.gated_mlp
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for name, default in (("n_kv_heads", None), ("d_ff", None), ("gated_mlp", False)):
+            if data[name] == default:
+                del data[name]  # readers of older versions know no such field
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:

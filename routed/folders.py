@@ -44,6 +44,18 @@ CHECKPOINT = Kind(
     "config.json",
     frozenset({"model", "train", "corpus"}),
 )
+EXIT_ADAPTERS = Kind(
+    "a folder of exit adapters",
+    frozenset({"config.json", "adapters.safetensors", "history.json", "sweep.csv", "summary.json"}),
+    "config.json",
+    frozenset({"kind", "base", "exits"}),
+)
+HF_EXPORT = Kind(
+    "a routed export to Hugging Face",
+    frozenset({"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}),
+    "config.json",
+    frozenset({"routed_export"}),
+)
 TRAIN_STATE = Kind(
     "a routed training state",
     frozenset({"state.safetensors", "tokenizer.json", "state.json"}),

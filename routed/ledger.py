@@ -48,10 +48,14 @@ class TokenCost:
     def of(cls, cfg: ModelConfig, attention: bool = True) -> TokenCost:
         """The costs of cfg; attention=False leaves out the attention scores (QK^T and AV), keeping the matmuls."""
         d, T = cfg.d_model, cfg.context_length
-        # qkv 6d^2 + out-proj 2d^2 + MLP 16d^2 (x2 for multiply-adds), plus QK^T and AV over (T+1)/2
-        # positions on average (2 * 2d each).
-        layer = 24 * d * d + (2 * d * (T + 1) if attention else 0)
-        return cls(layer=float(layer), head=float(2 * d * cfg.vocab_size), kv=float(4 * d * d), probe=float(2 * d))
+        kv_width = cfg.head_dim * cfg.kv_heads  # d, unless grouped-query attention shares key/value heads
+        # Multiply-adds: q and out-proj d^2 each, k and v d * kv_width each, the MLP 2 (GELU) or 3 (gated)
+        # matrices of d * d_ff; x2 for FLOPs. Routed's block: 2 * (4d^2 + 8d^2) = 24d^2. Plus QK^T and AV
+        # over (T+1)/2 positions on average (2 * 2d each), unless attention=False.
+        macs = 2 * d * d + 2 * d * kv_width + (3 if cfg.gated_mlp else 2) * d * cfg.mlp_width
+        layer = 2 * macs + (2 * d * (T + 1) if attention else 0)
+        return cls(layer=float(layer), head=float(2 * d * cfg.vocab_size), kv=float(4 * d * kv_width),
+                   probe=float(2 * d))
 
 
 def reference_layers(cfg: ModelConfig) -> int:

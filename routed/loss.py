@@ -20,7 +20,8 @@ class _HeadCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk_rows):
         n = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight)
+        # A frozen head (exit adapters on a pretrained model) needs no weight gradient.
+        grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
         total = hidden.new_zeros((), dtype=torch.float64)
         for i in range(0, n, chunk_rows):
             h, t = hidden[i : i + chunk_rows], targets[i : i + chunk_rows]
@@ -34,14 +35,16 @@ class _HeadCrossEntropy(torch.autograd.Function):
             probs[torch.arange(len(t), device=t.device), t] -= 1.0  # d(CE)/d(logits) = softmax - onehot
             probs = probs.to(hidden.dtype)
             grad_hidden[i : i + chunk_rows] = probs @ weight
-            grad_weight.addmm_(probs.T, h)
-        ctx.save_for_backward(grad_hidden.div_(n), grad_weight.div_(n))
+            if grad_weight is not None:
+                grad_weight.addmm_(probs.T, h)
+        ctx.save_for_backward(grad_hidden.div_(n), grad_weight.div_(n) if grad_weight is not None else None)
         return (total / n).to(hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_weight * grad_output, None, None
+        grad_weight = grad_weight * grad_output if grad_weight is not None else None
+        return grad_hidden * grad_output, grad_weight, None, None
 
 
 def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 256):
@@ -59,10 +62,17 @@ def weighted_exit_loss(
     One trunk pass; the shared head is applied to each trained exit.
     """
     trained = [layer for layer, w in layer_weights.items() if w > 0]
-    features = model.exit_features(inputs, exits=trained)
+    return weighted_feature_loss(model.exit_features(inputs, exits=trained), model.lm_head.weight, targets, layer_weights)
+
+
+def weighted_feature_loss(
+    features: dict[int, torch.Tensor], head_weight: torch.Tensor, targets: torch.Tensor, layer_weights: dict[int, float]
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The universal loss of given exit features (normed states, (..., C) per layer) read by one head."""
     losses = {
-        layer: head_cross_entropy(h.flatten(0, 1), model.lm_head.weight, targets.flatten())
+        layer: head_cross_entropy(h.flatten(0, -2), head_weight, targets.flatten())
         for layer, h in features.items()
+        if layer_weights.get(layer, 0) > 0
     }
     total_weight = sum(layer_weights[layer] for layer in losses)
     loss = sum(layer_weights[layer] * ce for layer, ce in losses.items()) / total_weight

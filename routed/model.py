@@ -60,6 +60,9 @@ class RoutedTransformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if not cfg.is_routed_block:
+            raise ValueError("model config: grouped-query attention, d_ff and gated_mlp describe pretrained models; "
+                             "routed's own block has full attention and a 4 x d_model GELU MLP")
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.d_model)

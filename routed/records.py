@@ -138,7 +138,8 @@ class TokenRecords:
         with np.load(path, allow_pickle=False) as z:
             meta = {str(k): v for k, v in zip(z["meta_keys"], z["meta_values"])}
             early = int(meta.pop("early_exit"))
-            cfg = ModelConfig(**{k: (float(v) if k == "dropout" else int(v)) for k, v in meta.items()})
+            kinds = {"dropout": float, "gated_mlp": bool}
+            cfg = ModelConfig(**{k: kinds.get(k, int)(v) for k, v in meta.items()})
             return cls(
                 position=z["position"],
                 token_id=z["token_id"],
@@ -153,27 +154,51 @@ class TokenRecords:
             )
 
 
+# Bounded memory for large vocabularies: a batch holds at most this many tokens, and an exit's
+# (tokens x vocabulary) logits exist for at most HEAD_ROWS tokens at a time.
+MAX_BATCH_TOKENS = 8192
+HEAD_ROWS = 1024
+
+
+def model_exits(model, exits=None) -> list[int]:
+    """The exits to read, ascending: `exits`, else the model's `default_exits`, else every layer; the last always."""
+    n = model.config.n_layers
+    chosen = exits if exits is not None else getattr(model, "default_exits", None)
+    chosen = sorted({int(e) for e in chosen} | {n}) if chosen is not None else list(range(1, n + 1))
+    if chosen[0] < 1 or chosen[-1] > n:
+        raise ValueError(f"exits: must be layers within 1..{n}, got {exits!r}")
+    return chosen
+
+
 @torch.no_grad()
 def evaluate(
     model,
     tokens: torch.Tensor,
     batch_size: int = 32,
-    early_exit: int = 1,
+    early_exit: int | None = None,
     top_k: int = 0,
     probe=None,
     token_bytes: np.ndarray | None = None,
     marker_ids=(),
+    exits=None,
 ) -> TokenRecords:
     """Per-token records of a split from one forward pass over contiguous windows.
 
-    With top_k > 0 the records also hold each exit's top-k predictions (for inspecting text); with
+    `exits` are the layers read out (default: the model's `default_exits`, else every layer; the last
+    is always added); the trunk runs only up to the deepest, and each exit's head runs in row chunks,
+    so memory stays bounded whatever the vocabulary. `early_exit` (default: the first exit) is the one
+    whose confidence routes. With top_k > 0 the records also hold each exit's top-k predictions; with
     a ConfidenceProbe, its confidence is the measure "probe". `token_bytes` (bytes of each token id,
     see routed.tokenizer.token_byte_lengths) and `marker_ids` (the corpus' marker tokens) let the
     records give bits per byte and leave markers out.
     """
     model.eval()
     cfg: ModelConfig = model.config
-    exits = list(range(1, cfg.n_layers + 1))
+    exits = model_exits(model, exits)
+    early_exit = exits[0] if early_exit is None else early_exit
+    if early_exit not in exits:
+        raise ValueError(f"early_exit: {early_exit} is not one of the exits {exits}")
+    batch_size = max(1, min(batch_size, MAX_BATCH_TOKENS // cfg.context_length))
     positions, targets, correct = [], [], []
     nll = {layer: [] for layer in exits}
     layer_conf = {layer: [] for layer in exits}
@@ -182,21 +207,26 @@ def evaluate(
     top_probs = {layer: [] for layer in exits}
     for x, y, starts in windows(tokens, cfg.context_length, batch_size):
         features = model.exit_features(x, exits=exits)
-        logits = {layer: model.lm_head(h) for layer, h in features.items()}
         if probe is not None:
             conf["probe"].append(probe(features[early_exit]).flatten())
+        y_flat = y.flatten()
         for layer in exits:
-            logp = torch.log_softmax(logits[layer].float(), dim=-1)
-            nll[layer].append(-logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten())
-            layer_conf[layer].append(confidence(logits[layer]).flatten())
-            if top_k:
-                top = logp.topk(top_k, dim=-1)
-                top_ids[layer].append(top.indices.flatten(0, 1))
-                top_probs[layer].append(top.values.exp().flatten(0, 1))
-        for m, values in confidence_measures(logits[early_exit]).items():  # the probe's is added above
-            conf[m].append(values.flatten())
-        correct.append((logits[early_exit].argmax(-1) == y).flatten())
-        targets.append(y.flatten())
+            h = features.pop(layer).flatten(0, 1)  # dropped once read: only one exit's rows are held
+            for i in range(0, len(h), HEAD_ROWS):
+                logits = model.lm_head(h[i : i + HEAD_ROWS]).float()
+                target = y_flat[i : i + HEAD_ROWS]
+                logp = torch.log_softmax(logits, dim=-1)
+                nll[layer].append(-logp.gather(-1, target.unsqueeze(-1)).squeeze(-1))
+                layer_conf[layer].append(confidence(logits))
+                if top_k:
+                    top = logp.topk(top_k, dim=-1)
+                    top_ids[layer].append(top.indices)
+                    top_probs[layer].append(top.values.exp())
+                if layer == early_exit:  # the probe's measure is added above
+                    for m, values in confidence_measures(logits).items():
+                        conf[m].append(values)
+                    correct.append(logits.argmax(-1) == target)
+        targets.append(y_flat)
         offsets = torch.arange(1, y.shape[1] + 1)
         positions.append((torch.tensor(starts).unsqueeze(1) + offsets).flatten())
 
@@ -252,7 +282,10 @@ def records_for_checkpoint(checkpoint, split: str = "test", corpus=None, use_cac
     if isinstance(corpus, str):
         corpus = load_corpus(corpus)
     text = corpus.split(split)
-    path = cache_dir() / "records" / f"v{RECORDS_VERSION}-{checkpoint.fingerprint}-{corpus.fingerprint}-{split}.npz"
+    # A model that reads out only some exits (a pretrained model) names them in the key.
+    exits = getattr(checkpoint.model, "default_exits", None)
+    tag = "" if exits is None else "-exits" + "_".join(map(str, model_exits(checkpoint.model)))
+    path = cache_dir() / "records" / f"v{RECORDS_VERSION}-{checkpoint.fingerprint}{tag}-{corpus.fingerprint}-{split}.npz"
     if use_cache and path.exists():
         try:
             return TokenRecords.load(path)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hf_models import hf_world  # noqa: F401  (tiny transformers models and a GGUF file: tests/hf_models.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = dict(vocab_size=300, d_model=32, n_heads=2, context_length=32)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from routed.cli import calibrate, evaluate, generate, reproduce, train
+from routed.cli import calibrate, evaluate, generate, pretrained, reproduce, train
 
-COMMAND_MODULES = (train, evaluate, calibrate, generate, reproduce)
+COMMAND_MODULES = (train, evaluate, calibrate, generate, reproduce, pretrained)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -60,11 +60,16 @@ def exits(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"exits are comma-separated layer numbers, got {text!r}") from exc
 
 
-def add_checkpoint_args(p, with_threshold: bool = True, markers_default: bool | None = True) -> None:
-    """--checkpoint, --corpus, --measure, --exclude-markers (unless markers_default is None) and --threshold."""
+def add_checkpoint_args(p, with_threshold: bool = True, markers_default: bool | None = True,
+                        with_exits: bool = True) -> None:
+    """--checkpoint, --corpus, --measure, --exclude-markers (unless markers_default is None), --threshold, --exits."""
     from routed.routing import CONFIDENCE_MEASURES
 
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder, exit-adapters folder, or hf:NAME_OR_FOLDER (a pretrained causal LM)")
+    if with_exits:
+        p.add_argument("--exits", type=exits, help='pretrained models: the layers to read out, e.g. "6,12,18" '
+                       "(the last is added; default: the adapters' exits, else a spread of the layers)")
     p.add_argument("--corpus", help="evaluate on another corpus than the checkpoint's")
     p.add_argument("--measure", default="max_softmax", choices=list(CONFIDENCE_MEASURES))
     if markers_default is not None:

@@ -9,9 +9,23 @@ from routed.ledger import EXECUTIONS, KV_POLICIES
 
 
 def load(args):
-    from routed.checkpoint import load_checkpoint
+    """The checkpoint of --checkpoint: a routed folder, an exit-adapters folder or hf:NAME_OR_FOLDER.
 
-    return load_checkpoint(args.checkpoint)
+    A pretrained model reads out only the layers --exits names (and its last), when given.
+    """
+    from routed.pretrained import load_any
+
+    ckpt = load_any(args.checkpoint)
+    if hasattr(ckpt.model, "default_exits"):
+        import torch
+
+        from routed.devices import default_threads
+        from routed.records import model_exits
+
+        torch.set_num_threads(default_threads())
+        if getattr(args, "exits", None):
+            ckpt.model.default_exits = model_exits(ckpt.model, args.exits)
+    return ckpt
 
 
 def resolve_threshold(arg, ckpt) -> float | None:
@@ -39,9 +53,12 @@ def _split_tokens(ckpt, args):
 def sparse_run(ckpt, args, tokens, threshold: float | None, exits=None) -> dict:
     """PPL, bits per byte and cost of routed execution that really skips layers under --kv-policy (markers left out when asked)."""
     from routed.ledger import execution_cost
+    from routed.model import RoutedTransformer
     from routed.sparse import routed_ppl
     from routed.tokenizer import marker_ids, token_byte_lengths
 
+    if not isinstance(ckpt.model, RoutedTransformer):
+        raise ValueError("--mode sparse runs routed's own transformer; a pretrained model is evaluated dense")
     exclude = marker_ids(ckpt.tokenizer) if args.exclude_markers else []
     run = routed_ppl(ckpt.model, tokens, threshold, "sparse", exits, exclude_ids=exclude,
                      token_bytes=token_byte_lengths(ckpt.tokenizer), kv_policy=args.kv_policy)
@@ -138,7 +155,7 @@ def cmd_sweep(args) -> int:
     csv_path = csv_output(args) if args.csv else None
     ckpt = load(args)
     recs = records(ckpt, args)
-    exits = sorted(set(args.exits or []) | {1, ckpt.model_config.n_layers})
+    exits = sorted(set(args.exits or []) | {recs.early_exit, ckpt.model_config.n_layers})
     if args.exits:
         rows = sweep_exits(recs, args.thresholds, exits)
     else:
@@ -233,12 +250,13 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("sweep", help="the threshold table: PPL, bits per byte, Shallow%%, Compute%%, FLOPs%%")
-    argtypes.add_checkpoint_args(p, with_threshold=False)
+    argtypes.add_checkpoint_args(p, with_threshold=False, with_exits=False)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--thresholds", type=argtypes.thresholds, default=[0.5, 0.7, 0.8, 0.9, 0.95])
     p.add_argument("--csv", help="also write the rows to this CSV file (new; or a checkpoint folder: its sweep.csv)")
     p.add_argument("--force", action="store_true", help="replace a sweep CSV routed wrote before at --csv")
-    p.add_argument("--exits", type=argtypes.exits, help='multi-exit routing, e.g. "1,2,3": leave at the first confident exit')
+    p.add_argument("--exits", type=argtypes.exits, help='multi-exit routing, e.g. "1,2,3": leave at the first confident exit '
+                   "(a pretrained model reads out these layers)")
     p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
                    help="sparse: also run layer-skipping execution at each threshold and report its PPL")
     _add_kv_policy(p)

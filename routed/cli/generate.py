@@ -27,9 +27,11 @@ def _prepare(args):
     """(checkpoint on its device, prompt ids, exits, threshold, notes) after checking every argument."""
     import torch
 
-    from routed.checkpoint import load_checkpoint
     from routed.cli.evaluate import resolve_threshold
     from routed.devices import default_threads, pick_device
+    from routed.model import RoutedTransformer
+    from routed.pretrained import load_any
+    from routed.records import model_exits
     from routed.sparse import trained_exits
     from routed.tokenizer import encode
 
@@ -43,7 +45,11 @@ def _prepare(args):
         raise ValueError("prompt: empty; give some text to continue")
     device = pick_device(args.device)
     torch.set_num_threads(default_threads())  # more threads than free cores slows batch-1 decoding sharply
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_any(args.checkpoint)
+    own = isinstance(ckpt.model, RoutedTransformer)
+    if not own and args.mode == "speculative":
+        raise ValueError("mode: speculative decoding needs routed's own transformer (its shared KV cache); "
+                         "a pretrained model generates with --mode plain or --mode routed")
     if DTYPES[args.dtype] != "float32":
         ckpt.model.to(getattr(torch, DTYPES[args.dtype]))
     ckpt.model.to(device)
@@ -56,17 +62,24 @@ def _prepare(args):
         notes.append(f"the prompt is {len(ids):,} tokens, longer than the context of {ctx}: "
                      f"generation sees its last {ctx} tokens")
     threshold = resolve_threshold(args.threshold, ckpt)
-    return ckpt, ids, trained_exits(ckpt.train_config, ckpt.model_config.n_layers), threshold, notes
+    exits = trained_exits(ckpt.train_config, ckpt.model_config.n_layers) if own else model_exits(ckpt.model, None)
+    return ckpt, ids, exits, threshold, notes
 
 
 def cmd_generate(args) -> int:
     from routed.generate import generate
+    from routed.hf_generate import generate_pretrained
+    from routed.model import RoutedTransformer
     from routed.speculative import speculative_generate
     from routed.tokenizer import decode
 
     ckpt, ids, exits, threshold, notes = _prepare(args)
     options = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    if args.mode == "speculative":
+    if not isinstance(ckpt.model, RoutedTransformer):  # a pretrained model: no KV cache, each step up to its exit
+        notes.append("a pretrained model generates without a KV cache: each step recomputes its window")
+        gen = generate_pretrained(ckpt.model, ids, args.max_new_tokens, threshold if args.mode == "routed" else None,
+                                  exits, **options)
+    elif args.mode == "speculative":
         gen = speculative_generate(ckpt.model, ids, args.max_new_tokens, threshold, args.draft_k, exits, **options)
     elif args.mode == "routed":
         gen = generate(ckpt.model, ids, args.max_new_tokens, threshold, "sparse", exits, kv_policy=args.kv_policy,
@@ -107,7 +120,8 @@ def register(sub) -> None:
     from routed.speculative import MAX_DRAFT_K
 
     p = sub.add_parser("generate", help="continue a prompt: plain, routed (layers skipped) or self-speculative")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder, exit-adapters folder, or hf:NAME_OR_FOLDER (plain and routed modes)")
     p.add_argument("--prompt", required=True, help="text to continue (a prompt longer than the context is "
                    "seen through its last context-length tokens, and a note says so)")
     p.add_argument("--max-new-tokens", type=int, default=64, help=f"tokens to generate, at most {MAX_NEW_TOKENS:,}")
