@@ -106,3 +106,27 @@ def test_softmax_over_the_batch_dimension_inflates_confidence():
         c = confs[f"softmax over batch (B={b})"]
         assert len(c) == len(right) and (c >= 1 / b - 1e-6).all() and c.mean() > right.mean()
     assert len(confs["softmax over sequence"]) == len(right)
+
+
+def _one_seed_run(nll_per_window: np.ndarray, threshold_ppl: float, n_layers: int = 3) -> tuple[dict, dict]:
+    result = {"seed": 0, "n_layers": n_layers, "ppl_by_exit": {str(n_layers): threshold_ppl},
+              "curve": {"threshold": np.array([0.5, 0.95]), "routed_ppl": np.array([threshold_ppl, threshold_ppl])}}
+    tokens = np.full(len(nll_per_window), 100.0)
+    arrays = {"tokens": tokens, "routed_0.95": nll_per_window * tokens, f"nll_{n_layers}": nll_per_window * tokens}
+    return result, arrays
+
+
+@pytest.mark.parametrize("gap, expected", [(-0.3, "held"), (0.3, "contradicted"), (0.0, "not shown")])
+def test_a_single_seed_claim_is_paired_over_test_windows(gap, expected):
+    from routed.verdicts import claims
+
+    rng = np.random.default_rng(1)
+    shared = rng.normal(4.5, 0.5, 300)  # windows differ a lot; the paired difference is what is tested
+    noise = rng.normal(0.0, 0.05, 300)
+    best, best_blocks = _one_seed_run(shared + gap + noise, float(np.exp(4.5 + gap)))
+    one, one_blocks = _one_seed_run(shared, float(np.exp(4.5)), n_layers=1)
+    rows = claims({"asymmetric_best": [best], "standard_1l": [one]},
+                  {("asymmetric_best", 0): best_blocks, ("standard_1l", 0): one_blocks})
+    row = next(r for r in rows if r["claim"] == "the best routed model beats Standard 1L")
+    assert row["verdict"] == expected and "test windows only" in row["test"] and row["unit"] == "nats/token"
+    assert row["ci_low"] < gap < row["ci_high"] or abs(row["effect"] - gap) < 0.02

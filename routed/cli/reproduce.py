@@ -78,7 +78,7 @@ def register(sub) -> None:
     p.add_argument("--corpus", help="default: wikitext-2 (python-docs with --quick)")
     p.add_argument("--seeds", type=int, default=3)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, help="training budget of every run (default: the converged budget, 4)")
+    budget.add_argument("--epochs", type=float, help="training budget of every run (default 4, the longest measured; see reports/convergence.md)")
     budget.add_argument("--steps", type=int)
     p.add_argument("--quick", action="store_true", help="a minutes-long miniature for smoke tests")
     p.add_argument("--no-alphas", action="store_true", help="skip the alpha sweep (fixed and scheduled alphas)")
