@@ -9,6 +9,7 @@ layers, Din et al. 2023), or as the identity (the plain logit lens), then follow
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -130,7 +131,9 @@ def exit_losses(model, adapters: ExitAdapters, states: dict, targets: torch.Tens
 def train_adapters(model, train_tokens: torch.Tensor, val_tokens: torch.Tensor, cfg: AdapterTrainConfig, log=None):
     """(ExitAdapters, history) trained on a frozen PretrainedLM; history holds validation CE per exit.
 
-    The first history rows are the plain logit lens (identity maps) and the initialised maps.
+    The first history rows are the plain logit lens (identity maps) and the initialised maps. The maps
+    returned are those of the best validation (weighted CE) among the initialised and the trained ones,
+    so a learning rate that overshoots never leaves worse adapters than the initialisation.
     """
     n = model.config.n_layers
     if cfg.exits[-1] > n:
@@ -156,6 +159,11 @@ def train_adapters(model, train_tokens: torch.Tensor, val_tokens: torch.Tensor, 
         history.append({"step": 0, "stage": "regression",
                         "val_ce": exit_losses(model, adapters, val_states, val_targets)})
     log(_line(history[-1]))
+
+    def weighted_val(row: dict) -> float:
+        return sum(weights.get(e, 1.0) * row["val_ce"][e] for e in exits)
+
+    best = (weighted_val(history[-1]), copy.deepcopy(adapters.state_dict()), history[-1])
     optimizer = torch.optim.Adam(adapters.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
     for step in range(1, cfg.steps + 1):
@@ -173,6 +181,11 @@ def train_adapters(model, train_tokens: torch.Tensor, val_tokens: torch.Tensor, 
                             "val_ce": exit_losses(model, adapters, val_states, val_targets),
                             "seconds": time.perf_counter() - started})
             log(_line(history[-1]))
+            if weighted_val(history[-1]) < best[0]:
+                best = (weighted_val(history[-1]), copy.deepcopy(adapters.state_dict()), history[-1])
+    adapters.load_state_dict(best[1])
+    history.append({"step": best[2]["step"], "stage": "kept", "val_ce": best[2]["val_ce"]})
+    log(f"kept the maps of step {best[2]['step']} ({best[2]['stage']}), the best validation")
     return adapters.eval(), history
 
 

@@ -35,12 +35,35 @@ def test_training_lowers_every_adapted_exits_loss(hf_world, init):
     adapters, history = train_adapters(model, _tokens(hf_world, "train"), _tokens(hf_world, "validation"),
                                        _config(init=init))
     lens, last = history[0], history[-1]
-    assert lens["stage"] == "identity" and last["step"] == 40 and adapters.exits == [1, 2]
+    assert lens["stage"] == "identity" and history[-2]["step"] == 40 and adapters.exits == [1, 2]
+    assert last["stage"] == "kept" and all(sum(last["val_ce"].values()) <= sum(r["val_ce"].values())
+                                           for r in history[1:-1])
     for layer in (1, 2):  # the plain logit lens of a random model is near uniform; adapters learn the corpus
         assert last["val_ce"][layer] < lens["val_ce"][layer] - 0.5
     if init == "regression":
         assert history[1]["stage"] == "regression"
     assert all(torch.equal(a, b) for a, b in zip(before, model.hf_model.parameters()))  # the base never moves
+
+
+def test_training_that_worsens_validation_keeps_the_initialised_maps(hf_world, monkeypatch):
+    import routed.adapter_train as adapter_train
+    from routed.pretrained import load_pretrained
+
+    real_loss = adapter_train.weighted_feature_loss
+
+    def ascent(*args, **kwargs):  # gradient ascent: every step makes the exits worse
+        loss, parts = real_loss(*args, **kwargs)
+        return -loss, parts
+
+    monkeypatch.setattr(adapter_train, "weighted_feature_loss", ascent)
+    model = load_pretrained(f"hf:{hf_world.llama}").model
+    adapters, history = adapter_train.train_adapters(model, _tokens(hf_world, "train"), _tokens(hf_world, "validation"),
+                                                     _config(init="identity", steps=20, eval_interval=10))
+    start, trained, kept = history[0], history[-2], history[-1]
+    assert sum(trained["val_ce"].values()) > sum(start["val_ce"].values()) + 0.1  # training made it worse
+    assert kept["step"] == 0 and kept["val_ce"] == start["val_ce"]
+    states, targets = adapter_train.collect_states(model, _tokens(hf_world, "validation"), [1, 2], 512, 32)
+    assert adapter_train.exit_losses(model, adapters, states, targets) == pytest.approx(start["val_ce"])
 
 
 def test_the_last_layer_gets_no_adapter_and_bad_configs_are_named(hf_world):
