@@ -93,7 +93,7 @@ def ownership_problem(path: Path, kind: Kind) -> str | None:
     """Why the existing `path` is not a folder of `kind` that routed may replace; None when it is."""
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file as a parent is refused by the caller)
         return None
     if stat.S_ISLNK(info.st_mode):
         return "is a symbolic link"

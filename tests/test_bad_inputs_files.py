@@ -176,6 +176,13 @@ def test_an_unwritable_place_is_refused_before_training(corpus, capsys):
     refuse(train_argv(corpus, "/proc/routed-test/ckpt"), capsys, "out: cannot write in")
 
 
+def test_a_file_where_a_parent_folder_should_be_is_refused_and_kept(tmp_path, corpus, capsys):
+    mine = write_text(tmp_path / "results.csv", "my,own,table\n")
+    before = snapshot(tmp_path)
+    refuse(train_argv(corpus, mine / "ckpt"), capsys, "out:", "is not a folder")
+    assert snapshot(tmp_path) == before
+
+
 # =============================================================================================
 # sweep --csv, reproduce --out / --export
 
