@@ -26,7 +26,10 @@ def _leave_pages_folder_mode() -> None:
 
 _leave_pages_folder_mode()
 
-from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart  # noqa: E402
+from appkit.calibration_charts import ece_table, guarantee_figure, reliability_figure  # noqa: E402
+from appkit.charts import AXES, alpha_chart, alpha_surface, compute_chart, confidence_histogram, history_chart  # noqa: E402
+from appkit.defaults import default_model, default_text, default_threshold, regime  # noqa: E402
+from appkit.lens_charts import COLOUR_BY, LENS_TOKENS, exit_rate_by_position, lens_heatmap, settling_chart  # noqa: E402
 from appkit.loaders import (  # noqa: E402
     alpha_of,
     at_threshold,
@@ -39,7 +42,9 @@ from appkit.loaders import (  # noqa: E402
     corpus_of,
     curve,
     describe,
+    diagnostics,
     job_queue,
+    lens_text,
     pareto_front,
     ppl_at,
     refresh_checkpoints,
@@ -51,13 +56,15 @@ from appkit.loaders import (  # noqa: E402
 from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW  # noqa: E402
 from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html  # noqa: E402
 from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload  # noqa: E402
-from appkit.widgets import model_picker, threshold_slider  # noqa: E402
+from appkit.widgets import model_picker, regime_caption, text_area, threshold_slider, use_threshold  # noqa: E402
 
 __all__ = [
-    "AXES", "BASELINES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
-    "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
-    "checkpoint_names", "compute_chart", "config", "confidence_histogram", "corpus_of", "corpus_options", "curve",
-    "describe", "generated_html", "history_chart", "job_queue", "model_picker", "pareto_front", "ppl_at",
-    "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload", "shallow_mask", "threshold_slider",
-    "token_html",
+    "AXES", "BASELINES", "COLOUR_BY", "DEEP", "HEATMAP_TOKENS", "LENS_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS",
+    "NOTES_THRESHOLDS", "ROOT", "SHALLOW", "alpha_chart", "alpha_of", "alpha_surface", "at_threshold", "baseline",
+    "baseline_names", "baselines", "checkpoint", "checkpoint_names", "compute_chart", "config", "confidence_histogram",
+    "corpus_of", "corpus_options", "curve", "default_model", "default_text", "default_threshold", "describe",
+    "diagnostics", "ece_table", "exit_rate_by_position", "generated_html", "guarantee_figure", "history_chart",
+    "job_queue", "lens_heatmap", "lens_text", "model_picker", "pareto_front", "ppl_at", "refresh_checkpoints",
+    "regime", "regime_caption", "reliability_figure", "reports_dir", "routed_text", "row_at", "save_upload", "settling_chart",
+    "shallow_mask", "text_area", "threshold_slider", "token_html", "use_threshold",
 ]

@@ -30,13 +30,18 @@ st.graphviz_chart(
     width="stretch",
 )
 
-left, right = st.columns(2)
-with left:
-    name = appkit.model_picker("home_model")
-with right:
-    threshold = appkit.threshold_slider("home_threshold")
 
-if name is not None:
+
+@st.fragment
+def headline() -> None:
+    """The picker, the threshold and the table: a threshold move reruns only this part of the page."""
+    left, right = st.columns(2)
+    with left:
+        name = appkit.model_picker("home_model")
+    if name is None:
+        return
+    with right:
+        threshold = appkit.threshold_slider("home_threshold", name=name)
     try:
         row = appkit.row_at(appkit.curve(name), threshold)
         corpus = appkit.corpus_of(name)
@@ -44,7 +49,7 @@ if name is not None:
         rows = {f"{name} (threshold {threshold:.2f})": row, **appkit.baselines(corpus)}
     except ValueError as exc:
         st.error(str(exc))
-        st.stop()
+        return
     others = [label for label, n in reference.items() if appkit.corpus_of(n) != corpus]
     if others:
         st.warning(f"{' and '.join(others)} used another corpus or vocabulary than {name}: their PPLs are not comparable.")
@@ -61,3 +66,6 @@ if name is not None:
         f"oracle (best path per token) {row['oracle_ppl']:.2f}. 'vs Standard 3L' is the PPL improvement in %."
         + ("" if len(rows) == 3 else " Standard 1L/3L rows appear once checkpoints standard_1l and standard_3l exist.")
     )
+
+
+headline()

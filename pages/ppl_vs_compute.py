@@ -30,12 +30,14 @@ names = [n for n in names if corpora.get(n) == corpus]  # damaged ones were repo
 baseline_names = appkit.baseline_names(corpus)
 routed = [n for n in names if n not in baseline_names.values()] or names
 selected = st.multiselect("Checkpoints", names, default=routed[: len(appkit.MODEL_COLOURS)], key="curve_models")
-left, right = st.columns([2, 1])
-with left:
-    threshold = appkit.threshold_slider("curve_threshold")
-with right:
-    x = "flops_pct" if st.toggle("FLOPs% instead of Compute%", key="curve_flops") else "compute_pct"
+chosen = st.session_state.get("model")
+shown = chosen if chosen in names else next((n for n in selected if n in names), None)
+if shown is not None:
+    st.caption(f"{shown}: {appkit.regime(shown)}")
+x = "flops_pct" if st.toggle("FLOPs% instead of Compute%", key="curve_flops") else "compute_pct"
 x_name = "FLOPs%" if x == "flops_pct" else "Compute%"
+# The chart's own slider moves the dots in the browser (no rerun); it starts at the shared threshold.
+threshold = st.session_state.get("threshold", appkit.default_threshold(shown))
 
 curves = {}
 for name in selected:
@@ -56,7 +58,7 @@ if not curves:
 chart = appkit.compute_chart(curves, x, threshold, points)
 st.altair_chart(chart, width="stretch")
 st.caption(
-    f"Lines: routed PPL over all thresholds; filled dots: threshold {threshold:.2f}; dashed: oracle (each token "
+    "Lines: routed PPL over all thresholds; filled dots: the threshold set with the slider under the chart; dashed: oracle (each token "
     "takes its better path) — no threshold can go below it; wide grey band: Pareto front; diamonds: Standard 1L/3L."
 )
 st.download_button(
@@ -78,6 +80,19 @@ if rows:
     )
 else:
     st.info(f"No selected checkpoint with an L1 and a last-layer loss reaches {x_name} {level:g}.")
+
+st.subheader("PPL over threshold and alpha")
+surface_x = st.radio("Columns", ["matched compute", "threshold"], horizontal=True, key="curve_surface_x")
+alphas = {name: appkit.alpha_of(appkit.config(name)) for name in curves}
+if sum(a is not None for a in alphas.values()):
+    st.plotly_chart(appkit.alpha_surface(curves, alphas, x if surface_x == "matched compute" else "threshold"),
+                    width="stretch", theme=None, key="curve_surface")
+    st.caption(
+        f"One row per selected checkpoint, by alpha; colour: routed PPL (test), darker is better. 'matched compute': "
+        f"PPL where each curve reaches that {x_name} (hover for the threshold it takes); blank where it does not reach it."
+    )
+else:
+    st.info("No selected checkpoint has both an L1 and a last-layer loss (alpha).")
 
 st.subheader("Threshold analysis")
 models = list(curves)

@@ -558,8 +558,10 @@ def _plots(out: Path, results: dict, settings: ReproduceSettings) -> None:
 
 
 def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -> list[Path]:
-    """Copy each preset's seed-`seed` run into dest/<prefix><preset>/ with its own threshold, sweep.csv and summary.json."""
+    """Copy each preset's seed-`seed` run into dest/<prefix><preset>/ with its own threshold, sweep.csv, summary.json
+    and diagnostics.json."""
     from routed.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from routed.diagnostics import compute_diagnostics, write_diagnostics
 
     written = []
     for name, preset in PRESETS.items():
@@ -574,5 +576,7 @@ def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -
         shutil.copy(source / "sweep.csv", target / "sweep.csv")
         result = json.loads((source / "result.json").read_text())
         (target / "summary.json").write_text(json.dumps({k: result[k] for k in ("ppl_by_exit", "at_notes_thresholds", "reference", "test_tokens")}, indent=2))
+        # calibration, agreement counts and settling depth, so the app shows them without the corpus
+        write_diagnostics(target, compute_diagnostics(load_checkpoint(target)))
         written.append(target)
     return written

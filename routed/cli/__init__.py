@@ -1,4 +1,4 @@
-"""Command line: python -m routed {presets, train, eval, route, sweep, exits, calibrate, reproduce, ...}.
+"""Command line: python -m routed {presets, train, eval, route, sweep, exits, lens, reliability, calibrate, reproduce, ...}.
 
 Each command lives in its own module here with a `register(subparsers)` that adds its parser.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from routed.cli import calibrate, evaluate, reproduce, train
+from routed.cli import calibrate, evaluate, lens, reproduce, train
 
-COMMAND_MODULES = (train, evaluate, calibrate, reproduce)
+COMMAND_MODULES = (train, evaluate, lens, calibrate, reproduce)
 
 
 def make_parser() -> argparse.ArgumentParser:
