@@ -67,10 +67,10 @@ def start_app(root: Path, port: int, cache: str) -> subprocess.Popen:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
             return server
-        except OSError:
+        except OSError as err:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                raise SystemExit("streamlit did not start")
+                raise SystemExit("streamlit did not start") from err
             time.sleep(0.5)
 
 

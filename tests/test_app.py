@@ -303,9 +303,8 @@ def test_lens_heatmap_escapes_user_text(app_env):
     at.text_area(key="lens_text").set_value("Hello <script>alert(1)</script> & <b>bold</b> world").run()
     assert not at.exception and not errors(at)
     spec = at.get("plotly_chart")[0].proto.spec
-    import re
-    print([spec[max(0, m.start() - 150): m.start() + 40] for m in re.finditer("<script|<b>bold", spec)])
-    assert "<script" not in spec and "<b>bold" not in spec and "&lt;script&gt;" in spec
+    # a small vocabulary splits "<script>" into pieces; each piece is escaped on its own
+    assert "<script" not in spec and "<b>bold" not in spec and "&lt;" in spec and "&amp;" in spec
 
 
 def test_lens_page_says_when_the_text_is_cut_into_windows(app_env):
