@@ -41,8 +41,8 @@ def reliability_figure(split: dict, measures: list[str]):
             keep = count > 0
             size = 5 + 20 * np.sqrt(count[keep] / max(1.0, count.max()))
             fig.add_trace(go.Scatter(
-                x=conf[keep], y=acc[keep], mode="lines+markers", name=f"{m} (ECE {bins['ece']:.3f})" if c == 1 else m,
-                legendgroup=m, showlegend=True, line=dict(color=MEASURE_COLOURS.get(m)), marker=dict(size=size),
+                x=conf[keep], y=acc[keep], mode="lines+markers", name=f"{m} (ECE at L{layer} {bins['ece']:.3f})",
+                legendgroup=m, showlegend=c == 1, line=dict(color=MEASURE_COLOURS.get(m)), marker=dict(size=size),
                 customdata=np.stack([count[keep]], axis=-1),
                 hovertemplate=f"{m}, exit L{layer}<br>mean confidence %{{x:.3f}}<br>accuracy %{{y:.3f}}<br>"
                               f"%{{customdata[0]:,.0f}} tokens<br>ECE {bins['ece']:.4f}<extra></extra>",
@@ -78,6 +78,6 @@ def guarantee_figure(validation: dict, test: dict, grid: np.ndarray, epsilon: fl
     fig.add_hline(y=100 * epsilon, line=dict(color="black", dash="dash"), annotation_text=f"allowed {100 * epsilon:.1f}%")
     if chosen is not None:
         fig.add_vline(x=chosen, line=dict(color="#e7298a", width=2), annotation_text=f"chosen {chosen:.3f}")
-    fig.update_layout(template="plotly_white", height=340, xaxis_title="threshold", yaxis_title="shallow tokens disagreeing with the last layer (%)",
+    fig.update_layout(template="plotly_white", height=340, xaxis_title="threshold", yaxis_title="shallow tokens that disagree (%)",
                       yaxis_rangemode="tozero", margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25, x=0))
     return fig
