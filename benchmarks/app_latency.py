@@ -7,8 +7,8 @@ N times. For each press it records the time from the keydown event to the last D
 page counts as settled after a quiet period with no mutation and no script running. Background training
 is paused while measuring (/work/bin/pause-training, resumed on exit).
 
-    python benchmarks/app_latency.py                        # this checkout
-    python benchmarks/app_latency.py --root /tmp/routed-old # another checkout, e.g. before a change
+    python benchmarks/app_latency.py                                   # this checkout
+    python benchmarks/app_latency.py --root /tmp/routed-old --root .   # two checkouts side by side, one pause
 """
 
 from __future__ import annotations
@@ -103,40 +103,51 @@ def measure_page(browser, url: str, presses: int, quiet_ms: int) -> list[float] 
     return times
 
 
+def measure_checkout(root: Path, args) -> None:
+    """One markdown table of latencies per page for the app in `root`, served on a fresh port with a fresh cache."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as cache:
+        server = start_app(root, port, cache)
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                print(f"\nroot {root}; {args.presses} arrow-key presses per page; settled = {args.quiet_ms} ms "
+                      "without a DOM mutation; times from keydown to the last mutation")
+                print("| page | median ms | max ms | presses |\n|---|---|---|---|")
+                for name in args.pages.split(","):
+                    if PAGES[name] and not (root / "pages" / f"{name}.py").exists():
+                        print(f"| {name} | (no such page in this checkout) | | |")
+                        continue
+                    times = measure_page(browser, f"http://127.0.0.1:{port}/{PAGES[name]}", args.presses, args.quiet_ms)
+                    if times is None:
+                        print(f"| {name} | (no threshold slider) | | |")
+                        continue
+                    print(f"| {name} | {statistics.median(times):.0f} | {max(times):.0f} | {len(times)} |", flush=True)
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent, help="checkout to run")
+    parser.add_argument("--root", type=Path, action="append",
+                        help="checkout to run (repeat to compare checkouts in one run); default this one")
     parser.add_argument("--presses", type=int, default=12)
     parser.add_argument("--quiet-ms", type=int, default=800, help="no mutation for this long: the page has settled")
     parser.add_argument("--pages", default=",".join(PAGES))
     parser.add_argument("--no-pause", action="store_true", help="leave background training running")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
 
     paused = not args.no_pause and os.access(PAUSE, os.X_OK)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still resumes training (finally below)
     if paused:
         subprocess.run([PAUSE], check=False, stdout=subprocess.DEVNULL)
-    port = free_port()
     try:
-        with tempfile.TemporaryDirectory() as cache:
-            server = start_app(args.root.resolve(), port, cache)
-            try:
-                with sync_playwright() as p:
-                    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                    print(f"root {args.root}; {args.presses} arrow-key presses per page; settled = {args.quiet_ms} ms "
-                          "without a DOM mutation; times from keydown to the last mutation")
-                    print("| page | median ms | max ms | presses |\n|---|---|---|---|")
-                    for name in args.pages.split(","):
-                        times = measure_page(browser, f"http://127.0.0.1:{port}/{PAGES[name]}", args.presses, args.quiet_ms)
-                        if times is None:
-                            print(f"| {name} | (no threshold slider) | | |")
-                            continue
-                        print(f"| {name} | {statistics.median(times):.0f} | {max(times):.0f} | {len(times)} |", flush=True)
-                    browser.close()
-            finally:
-                server.terminate()
-                server.wait(timeout=30)
+        for root in args.root or [Path(__file__).resolve().parent.parent]:
+            measure_checkout(root.resolve(), args)
     finally:
         if paused:
             subprocess.run([RESUME], check=False, stdout=subprocess.DEVNULL)

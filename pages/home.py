@@ -60,7 +60,7 @@ def headline() -> None:
             100 * (rows["Standard 3L"]["routed_ppl"] - table["Routed PPL"]) / rows["Standard 3L"]["routed_ppl"]
         )
     st.subheader("Headline numbers (test split)")
-    st.dataframe(table.style.format("{:.2f}"))
+    st.table(table.style.format("{:.2f}"))  # static HTML: a threshold move redraws it at once
     st.caption(
         f"{name}: shallow-only PPL {row['shallow_ppl']:.2f}, deep-only PPL {row['deep_ppl']:.2f}, "
         f"oracle (best path per token) {row['oracle_ppl']:.2f}. 'vs Standard 3L' is the PPL improvement in %."

@@ -81,8 +81,8 @@ def exits_table(threshold: float, measure: str) -> None:
     summary = what_exits(routed.records, route_strings, threshold, measure, top=8)
     st.markdown(f"**What exits** — {summary['shallow_tokens']:,} of {summary['tokens']:,} tokens")
     if summary["rows"]:
-        st.dataframe(pd.DataFrame([{"token": repr(r["token"]), "count": r["count"], "exit rate %": round(r["exit_rate_pct"])}
-                                   for r in summary["rows"]]), hide_index=True)
+        st.table(pd.DataFrame([{"token": repr(r["token"]), "count": r["count"], "exit rate %": round(r["exit_rate_pct"])}
+                               for r in summary["rows"]]), hide_index=True)
 
 
 lens_view()

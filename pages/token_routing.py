@@ -29,8 +29,8 @@ def exits_table(result, strings: dict, threshold: float, measure: str) -> None:
     table = pd.DataFrame([{"token": repr(r["token"]), "count": r["count"], "exit rate %": r["exit_rate_pct"],
                            f"NLL@{first}": r["nll_by_exit"][first], f"NLL@{last}": r["nll_by_exit"][last]}
                           for r in summary["rows"]])
-    st.dataframe(table.style.format({"exit rate %": "{:.0f}", f"NLL@{first}": "{:.2f}", f"NLL@{last}": "{:.2f}"}),
-                 hide_index=True, height=35 * (len(table) + 1) + 3)
+    # st.table, not st.dataframe: static HTML redraws at once when the threshold moves
+    st.table(table.style.format({"exit rate %": "{:.0f}", f"NLL@{first}": "{:.2f}", f"NLL@{last}": "{:.2f}"}), hide_index=True)
     st.caption("exit rate: share of this token's occurrences that exit; `python -m routed exits` gives it for a whole split.")
 
 

@@ -38,11 +38,11 @@ def test_every_page_runs(app_env, page):
 def test_home_headline_table_has_baselines(app_env):
     at = open_page("pages/home.py")
     assert at.selectbox(key="home_model").options == ["asymmetric_best", "standard_1l", "standard_3l"]
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert list(table.index[1:]) == ["Standard 1L", "Standard 3L"]
     assert table.loc["Standard 1L", "Compute%"] == pytest.approx(100 / 3)
     at.selectbox(key="home_model").set_value("standard_1l").run()  # Compute% is against 3 layers for any depth
-    assert at.dataframe[0].value.iloc[0]["Compute%"] == pytest.approx(100 / 3)
+    assert at.table[0].value.iloc[0]["Compute%"] == pytest.approx(100 / 3)
 
 
 def add_checkpoints_on_another_corpus(checkpoints: Path) -> None:
@@ -67,12 +67,12 @@ def test_home_baselines_come_from_the_models_corpus(app_env):
     add_checkpoints_on_another_corpus(app_env.checkpoints)
     at = open_page("pages/home.py")
     at.selectbox(key="home_model").set_value("other-asymmetric_best").run()
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert table.loc["Standard 1L", "Routed PPL"] == pytest.approx(7.0)  # other-standard_1l, same corpus
     # no Standard 3L on 'elsewhere': the one on the tiny corpus is shown, with a warning
     assert any("Standard 3L used another corpus" in w.value for w in at.warning)
     at.selectbox(key="home_model").set_value("asymmetric_best").run()
-    assert at.dataframe[0].value.loc["Standard 1L", "Routed PPL"] != pytest.approx(7.0)
+    assert at.table[0].value.loc["Standard 1L", "Routed PPL"] != pytest.approx(7.0)
     assert not at.warning
 
 
@@ -264,14 +264,14 @@ def test_shipped_checkpoints_give_every_preset_real_numbers(shipped_env):
     assert sorted(at.selectbox(key="home_model").options) == shipped
     for name in ("asymmetric_best", "tinystories-asymmetric_best"):
         at.selectbox(key="home_model").set_value(name).run()
-        table = at.dataframe[0].value
+        table = at.table[0].value
         row = table.iloc[0]
         assert 1 < row["Routed PPL"] < 1000 and 0 < row["Shallow%"] < 100
         assert list(table.index[1:]) == ["Standard 1L", "Standard 3L"] and not at.warning  # same-corpus baselines
     at.slider(key="home_threshold").set_value(0.5).run()  # the two regimes: few vs most tokens confident
-    assert at.dataframe[0].value.iloc[0]["Shallow%"] > 50
+    assert at.table[0].value.iloc[0]["Shallow%"] > 50
     at.selectbox(key="home_model").set_value("asymmetric_best").run()
-    assert at.dataframe[0].value.iloc[0]["Shallow%"] < 20
+    assert at.table[0].value.iloc[0]["Shallow%"] < 20
     at.switch_page("pages/ppl_vs_compute.py").run()  # reads the shipped sweeps, no forward pass needed
     assert not at.exception and not errors(at)
 
