@@ -31,17 +31,14 @@ st.graphviz_chart(
 )
 
 
+name = appkit.model_picker("home_model")
+
 
 @st.fragment
-def headline() -> None:
-    """The picker, the threshold and the table: a threshold move reruns only this part of the page."""
-    left, right = st.columns(2)
-    with left:
-        name = appkit.model_picker("home_model")
-    if name is None:
-        return
-    with right:
-        threshold = appkit.threshold_slider("home_threshold", name=name)
+def headline(name: str) -> None:
+    """The threshold and the table: a threshold move reruns only this part of the page (the picker stays out,
+    as every element redrawn adds to the move's latency)."""
+    threshold = appkit.threshold_slider("home_threshold", name=name)
     try:
         row = appkit.row_at(appkit.curve(name), threshold)
         corpus = appkit.corpus_of(name)
@@ -59,7 +56,6 @@ def headline() -> None:
         table["vs Standard 3L"] = (
             100 * (rows["Standard 3L"]["routed_ppl"] - table["Routed PPL"]) / rows["Standard 3L"]["routed_ppl"]
         )
-    st.subheader("Headline numbers (test split)")
     st.table(table.style.format("{:.2f}"))  # static HTML: a threshold move redraws it at once
     st.caption(
         f"{name}: shallow-only PPL {row['shallow_ppl']:.2f}, deep-only PPL {row['deep_ppl']:.2f}, "
@@ -68,4 +64,6 @@ def headline() -> None:
     )
 
 
-headline()
+if name is not None:
+    st.subheader("Headline numbers (test split)")
+    headline(name)
