@@ -43,18 +43,18 @@ def cmd_agreement(args, ckpt) -> int:
         return 0
     pick, held = report["validation"], report["test"]
     print(f"{ckpt.name}: the smallest threshold whose shallow tokens agree with the last layer's top-1 on at least "
-          f"{args.agreement:.1%} of them, with probability at least {1 - args.delta:.0%} ({args.measure}; validation picks, test checks)")
+          f"{100 * args.agreement:.6g}% of them, with probability at least {100 * (1 - args.delta):.6g}% ({args.measure}; validation picks, test checks)")
     print(f"  validation: {pick['candidates']} thresholds scanned from 1 down (fixed-sequence testing), {pick['tested']} "
           f"tested (a threshold needs at least {pick['min_shallow']} shallow tokens to be certified)")
     if threshold is None:
         print("  no threshold meets the guarantee on validation: falling back to deep-only (threshold none: no token exits)")
     else:
         print(f"  picked {threshold:.3f}: {pick['shallow']:,} of {pick['tokens']:,} validation tokens exit, "
-              f"{pick['disagree']:,} disagree ({pick['disagree'] / pick['shallow']:.2%}; upper {1 - args.delta:.0%} "
+              f"{pick['disagree']:,} disagree ({pick['disagree'] / pick['shallow']:.2%}; upper {100 * (1 - args.delta):.6g}% "
               f"bound {pick['upper_bound']:.2%} <= {epsilon:.2%})")
         if held["shallow"]:
             print(f"  test: {held['shallow']:,} of {held['tokens']:,} tokens exit, agreement {held['agreement']:.2%} -> "
-                  + ("the guarantee held" if held["held"] else f"the guarantee did NOT hold (below {args.agreement:.1%})"))
+                  + ("the guarantee held" if held["held"] else f"the guarantee did NOT hold (below {100 * args.agreement:.6g}%)"))
         else:
             print("  test: no test token exits at this threshold (the guarantee holds vacuously)")
     row = result["test"]
