@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from appkit.charts import AXES, alpha_chart, compute_chart, confidence_histogram, history_chart
+from appkit.calibration_charts import ece_table, guarantee_figure, reliability_figure
+from appkit.charts import AXES, alpha_chart, alpha_surface, compute_chart, confidence_histogram, history_chart
+from appkit.defaults import default_model, default_text, default_threshold, regime
 from appkit.generation import MODES as GENERATE_MODES
 from appkit.generation import exits_of, generate_modes, speculative_html, speed_table
+from appkit.lens_charts import COLOUR_BY, LENS_TOKENS, exit_rate_by_position, lens_heatmap, settling_chart
 from appkit.loaders import (
     alpha_of,
     at_threshold,
@@ -23,7 +26,9 @@ from appkit.loaders import (
     corpus_of,
     curve,
     describe,
+    diagnostics,
     job_queue,
+    lens_text,
     pareto_front,
     ppl_at,
     refresh_checkpoints,
@@ -35,15 +40,26 @@ from appkit.loaders import (
 from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW
 from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html
 from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload
-from appkit.widgets import model_picker, show_problems, threshold_slider
+from appkit.widgets import (
+    model_picker,
+    regime_caption,
+    show_problems,
+    text_area,
+    threshold_slider,
+    use_threshold,
+)
 
 __all__ = [
-    "AXES", "BASELINES", "GENERATE_MODES", "DEEP", "HEATMAP_TOKENS", "MAX_UPLOAD_MB", "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT",
-    "SHALLOW", "alpha_chart", "alpha_of", "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint",
-    "checkpoint_names", "checkpoint_problems", "compute_chart", "config", "confidence_histogram", "corpus_of",
-    "corpus_options", "curve", "describe", "exits_of", "generate_modes", "generated_html", "history_chart", "job_queue", "model_picker",
-    "pareto_front", "ppl_at", "refresh_checkpoints", "reports_dir", "routed_text", "row_at", "save_upload",
-    "shallow_mask", "show_problems", "speculative_html", "speed_table", "threshold_slider", "token_html",
+    "AXES", "BASELINES", "COLOUR_BY", "DEEP", "GENERATE_MODES", "HEATMAP_TOKENS", "LENS_TOKENS", "MAX_UPLOAD_MB",
+    "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT", "SHALLOW", "alpha_chart", "alpha_of", "alpha_surface",
+    "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint", "checkpoint_names",
+    "checkpoint_problems", "compute_chart", "config", "confidence_histogram", "corpus_of", "corpus_options", "curve",
+    "default_model", "default_text", "default_threshold", "describe", "diagnostics", "ece_table",
+    "exit_rate_by_position", "exits_of", "generate_modes", "generated_html", "guarantee_figure", "history_chart",
+    "job_queue", "lens_heatmap", "lens_text", "model_picker", "pareto_front", "ppl_at", "refresh_checkpoints",
+    "regime", "regime_caption", "reliability_figure", "reports_dir", "routed_text", "row_at", "save_upload",
+    "settling_chart", "shallow_mask", "show_problems", "speculative_html", "speed_table", "text_area",
+    "threshold_slider", "token_html", "use_threshold",
 ]
 
 

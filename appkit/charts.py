@@ -67,9 +67,22 @@ def _thin(curve: pd.DataFrame, max_points: int = 200) -> pd.DataFrame:
     return curve if step <= 1 else pd.concat([curve.iloc[::step], curve.iloc[[-1]]]).drop_duplicates()
 
 
+THRESHOLD_PARAM = "threshold"
+
+
+def _on_slider_grid(frame: pd.DataFrame) -> pd.DataFrame:
+    """The sweep rows nearest to the thresholds 0, 0.01, ..., 1 (what the chart's own slider can reach)."""
+    rows = [row_at(frame, t) for t in np.round(np.linspace(0.0, 1.0, 101), 2)]
+    return pd.DataFrame(rows).assign(slider=np.round(np.linspace(0.0, 1.0, 101), 2))
+
+
 def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, points: dict[str, dict]):
-    """Routed PPL against Compute%/FLOPs% per checkpoint: curve, point at `threshold`, oracle bound,
-    baseline points, and the Pareto front over everything drawn."""
+    """Routed PPL against Compute%/FLOPs% per checkpoint: curve, point at the threshold, oracle bound,
+    baseline points, and the Pareto front over everything drawn.
+
+    The threshold is a chart parameter bound to a slider drawn under the chart (starting at `threshold`):
+    moving it moves the points in the browser, with no rerun of the page.
+    """
     import altair as alt
 
     models = list(curves)
@@ -78,7 +91,10 @@ def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, poi
     front = pareto_front(lines[[x, "routed_ppl"]], x, "routed_ppl")  # from every threshold, before thinning
     # Draw at most ~200 points per curve: enough for the eye, and under Altair's 5,000-row limit for many models.
     lines = pd.concat([_thin(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
-    marks = pd.DataFrame([{**row_at(f, threshold), "model": m} for m, f in curves.items()])
+    marks = pd.concat([_on_slider_grid(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
+    start = float(np.clip(round(threshold, 2), 0.0, 1.0))
+    param = alt.param(name=THRESHOLD_PARAM, value=start,
+                      bind=alt.binding_range(min=0, max=1, step=0.01, name="Threshold (confidence ≥ threshold → shallow) "))
     oracle = pd.DataFrame(
         [
             {"model": m, x: f[x].agg(e), "routed_ppl": f["oracle_ppl"].iloc[0]}
@@ -106,7 +122,11 @@ def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, poi
         alt.Chart(oracle)
         .mark_line(strokeDash=[5, 4])
         .encode(xe, y, colour, tooltip=["model", alt.Tooltip("routed_ppl:Q", title="oracle PPL", format=".2f")]),
-        alt.Chart(marks).mark_point(filled=True, size=90, stroke="black").encode(xe, y, colour, tooltip=tip),
+        alt.Chart(marks)
+        .mark_point(filled=True, size=90, stroke="black")
+        .encode(xe, y, colour, tooltip=tip)
+        .transform_filter(f"abs(datum.slider - {THRESHOLD_PARAM}) < 0.005")
+        .add_params(param),
     ]
     if len(base):
         layers += [
@@ -132,3 +152,31 @@ def alpha_chart(rows: pd.DataFrame, x_title: str):
         base.mark_point(color="#7570b3", filled=True, size=80)
         + base.mark_text(dx=7, align="left", fontSize=10).encode(text="model")
     ).properties(height=280)
+
+
+def alpha_surface(curves: dict[str, pd.DataFrame], alphas: dict[str, float], x: str):
+    """Routed PPL over checkpoints (rows, by alpha) and thresholds or matched Compute%/FLOPs% (columns)."""
+    import plotly.graph_objects as go
+
+    from routed.sweep import ppl_at
+
+    names = sorted((n for n in curves if alphas.get(n) is not None), key=lambda n: (alphas[n], n))
+    labels = [f"α={alphas[n]:.2f} · {n}" for n in names]
+    if x == "threshold":
+        columns = np.round(np.linspace(0.0, 1.0, 101), 2)
+        z = [[row_at(curves[n], t)["routed_ppl"] for t in columns] for n in names]
+        other = [[row_at(curves[n], t)["compute_pct"] for t in columns] for n in names]
+        hover = "threshold %{x:.2f}<br>%{y}<br>routed PPL %{z:.3f}<br>Compute% %{customdata:.1f}<extra></extra>"
+        title = "threshold"
+    else:
+        low = min(float(curves[n][x].min()) for n in names)
+        high = max(float(curves[n][x].max()) for n in names)
+        columns = np.arange(np.ceil(low), np.floor(high) + 1, 1.0)
+        z = [[ppl_at(curves[n], level, x) for level in columns] for n in names]
+        other = [[ppl_at(curves[n], level, x, "threshold") for level in columns] for n in names]
+        hover = AXES[x].split(" (")[0] + " %{x:.0f}<br>%{y}<br>routed PPL %{z:.3f}<br>at threshold %{customdata:.3f}<extra></extra>"
+        title = AXES[x]
+    fig = go.Figure(go.Heatmap(z=z, x=columns, y=labels, customdata=other, hovertemplate=hover, colorscale="Viridis",
+                               reversescale=True, colorbar=dict(title=dict(text="routed PPL", side="right"))))
+    fig.update_layout(template="plotly_white", height=120 + 34 * len(names), xaxis_title=title, margin=dict(l=10, r=10, t=30, b=10))
+    return fig

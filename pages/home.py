@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import appkit
+from routed.sweep import DENSE_EXECUTION
 
 st.title("Confidence-routed transformers")
 st.markdown(
@@ -30,13 +31,15 @@ st.graphviz_chart(
     width="stretch",
 )
 
-left, right = st.columns(2)
-with left:
-    name = appkit.model_picker("home_model")
-with right:
-    threshold = appkit.threshold_slider("home_threshold")
 
-if name is not None:
+name = appkit.model_picker("home_model")
+
+
+@st.fragment
+def headline(name: str) -> None:
+    """The threshold and the table: a threshold move reruns only this part of the page (the picker stays out,
+    as every element redrawn adds to the move's latency)."""
+    threshold = appkit.threshold_slider("home_threshold", name=name)
     try:
         row = appkit.row_at(appkit.curve(name), threshold)
         corpus = appkit.corpus_of(name)
@@ -44,20 +47,29 @@ if name is not None:
         rows = {f"{name} (threshold {threshold:.2f})": row, **appkit.baselines(corpus)}
     except ValueError as exc:
         st.error(str(exc))
-        st.stop()
+        return
     others = [label for label, n in reference.items() if appkit.corpus_of(n) != corpus]
     if others:
         st.warning(f"{' and '.join(others)} used another corpus or vocabulary than {name}: their PPLs are not comparable.")
-    table = pd.DataFrame(rows).T[["routed_ppl", "shallow_pct", "compute_pct", "flops_pct"]]
-    table.columns = ["Routed PPL", "Shallow%", "Compute%", "FLOPs%"]
+    frame = pd.DataFrame(rows).T
+    if "routed_bpb" not in frame:
+        frame["routed_bpb"] = float("nan")  # a sweep written before bits per byte were kept
+    table = frame[["routed_ppl", "routed_bpb", "shallow_pct", "compute_pct", "flops_pct"]].astype(float)
+    table.columns = ["Routed PPL (per token)", "bits/byte", "Shallow%", "Compute%", f"FLOPs% ({DENSE_EXECUTION})"]
     if "Standard 3L" in rows:
         table["vs Standard 3L"] = (
-            100 * (rows["Standard 3L"]["routed_ppl"] - table["Routed PPL"]) / rows["Standard 3L"]["routed_ppl"]
+            100 * (rows["Standard 3L"]["routed_ppl"] - table["Routed PPL (per token)"]) / rows["Standard 3L"]["routed_ppl"]
         )
-    st.subheader("Headline numbers (test split)")
-    st.dataframe(table.style.format("{:.2f}"))
+    st.table(table.style.format("{:.2f}", na_rep="–").format("{:.4f}", subset=["bits/byte"], na_rep="–"))  # static HTML: a threshold move redraws it at once
     st.caption(
         f"{name}: shallow-only PPL {row['shallow_ppl']:.2f}, deep-only PPL {row['deep_ppl']:.2f}, "
-        f"oracle (best path per token) {row['oracle_ppl']:.2f}. 'vs Standard 3L' is the PPL improvement in %."
+        f"oracle (best path per token) {row['oracle_ppl']:.2f}. 'vs Standard 3L' is the PPL improvement in %. "
+        f"FLOPs% prices the {DENSE_EXECUTION} execution, the cheapest that gives exactly this routing; corpus "
+        "markers (e.g. <unk>) are left out of every number; bits/byte compares across tokenizers."
         + ("" if len(rows) == 3 else " Standard 1L/3L rows appear once checkpoints standard_1l and standard_3l exist.")
     )
+
+
+if name is not None:
+    st.subheader("Headline numbers (test split)")
+    headline(name)

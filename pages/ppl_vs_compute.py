@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import appkit
+from routed.sweep import DENSE_EXECUTION
 
 st.title("PPL vs compute")
 appkit.show_problems()
@@ -31,12 +32,14 @@ names = [n for n in names if corpora.get(n) == corpus]  # damaged ones were repo
 baseline_names = appkit.baseline_names(corpus)
 routed = [n for n in names if n not in baseline_names.values()] or names
 selected = st.multiselect("Checkpoints", names, default=routed[: len(appkit.MODEL_COLOURS)], key="curve_models")
-left, right = st.columns([2, 1])
-with left:
-    threshold = appkit.threshold_slider("curve_threshold")
-with right:
-    x = "flops_pct" if st.toggle("FLOPs% instead of Compute%", key="curve_flops") else "compute_pct"
+chosen = st.session_state.get("model")
+shown = chosen if chosen in names else next((n for n in selected if n in names), None)
+if shown is not None:
+    st.caption(f"{shown}: {appkit.regime(shown)}")
+x = "flops_pct" if st.toggle("FLOPs% instead of Compute%", key="curve_flops") else "compute_pct"
 x_name = "FLOPs%" if x == "flops_pct" else "Compute%"
+# The chart's own slider moves the dots in the browser (no rerun); it starts at the shared threshold.
+threshold = st.session_state.get("threshold", appkit.default_threshold(shown))
 
 curves = {}
 for name in selected:
@@ -57,7 +60,7 @@ if not curves:
 chart = appkit.compute_chart(curves, x, threshold, points)
 st.altair_chart(chart, width="stretch")
 st.caption(
-    f"Lines: routed PPL over all thresholds; filled dots: threshold {threshold:.2f}; dashed: oracle (each token "
+    "Lines: routed PPL over all thresholds; filled dots: the threshold set with the slider under the chart; dashed: oracle (each token "
     "takes its better path) — no threshold can go below it; wide grey band: Pareto front; diamonds: Standard 1L/3L."
 )
 st.download_button(
@@ -80,17 +83,35 @@ if rows:
 else:
     st.info(f"No selected checkpoint with an L1 and a last-layer loss reaches {x_name} {level:g}.")
 
+st.subheader("PPL over threshold and alpha")
+surface_x = st.radio("Columns", ["matched compute", "threshold"], horizontal=True, key="curve_surface_x")
+alphas = {name: appkit.alpha_of(appkit.config(name)) for name in curves}
+if sum(a is not None for a in alphas.values()):
+    st.plotly_chart(appkit.alpha_surface(curves, alphas, x if surface_x == "matched compute" else "threshold"),
+                    width="stretch", theme=None, key="curve_surface")
+    st.caption(
+        f"One row per selected checkpoint, by alpha; colour: routed PPL (test), darker is better. 'matched compute': "
+        f"PPL where each curve reaches that {x_name} (hover for the threshold it takes); blank where it does not reach it."
+    )
+else:
+    st.info("No selected checkpoint has both an L1 and a last-layer loss (alpha).")
+
 st.subheader("Threshold analysis")
 models = list(curves)
 chosen = st.session_state.get("model")
 model = st.selectbox("Model", models, index=models.index(chosen) if chosen in models else 0, key="curve_table_model")
 table = pd.DataFrame([appkit.row_at(curves[model], t) for t in appkit.NOTES_THRESHOLDS])
-table = table[["threshold", "routed_ppl", "shallow_pct", "compute_pct", "flops_pct"]]
-table.columns = ["Threshold", "PPL", "Shallow%", "Compute%", "FLOPs%"]
+if "routed_bpb" not in table:
+    table["routed_bpb"] = float("nan")  # a sweep written before bits per byte were kept
+table = table[["threshold", "routed_ppl", "routed_bpb", "shallow_pct", "compute_pct", "flops_pct"]]
+table.columns = ["Threshold", "PPL (per token)", "bits/byte", "Shallow%", "Compute%", f"FLOPs% ({DENSE_EXECUTION})"]
 st.dataframe(
-    table.style.format({"Threshold": "{:.2f}", "PPL": "{:.2f}"} | {c: "{:.1f}%" for c in table.columns[2:]}),
+    table.style.format({"Threshold": "{:.2f}", "PPL (per token)": "{:.2f}"} | {"bits/byte": "{:.4f}"}
+                       | {c: "{:.1f}%" for c in table.columns[3:]}, na_rep="–"),
     hide_index=True,
 )
+st.caption(f"Corpus markers (e.g. <unk>) are left out; FLOPs% prices the {DENSE_EXECUTION} execution, the cheapest "
+           "that gives exactly this routing.")
 st.download_button(
     "Download table (CSV)", table.to_csv(index=False), f"{model}_thresholds.csv", "text/csv", key="curve_table_download"
 )

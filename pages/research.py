@@ -52,6 +52,7 @@ def quick_runs() -> dict:
 
 
 st.title("Research tables")
+appkit.regime_caption()
 main = appkit.reports_dir()
 sources = {"full reproduction": main}
 # Reproductions in other regimes sit beside it: reports/reproduction-<corpus>/ (see reports/regimes.md).

@@ -1,17 +1,11 @@
-"""Token routing: which path each token of a text takes, and what that costs and gains."""
+"""Token routing: which path each token of a text takes, what exits, and what that costs and gains."""
 
+import pandas as pd
 import streamlit as st
 
 import appkit
+from routed.breakdown import what_exits
 from routed.routing import CONFIDENCE_MEASURES
-
-# In the style of WikiText-2 (the shipped models' corpus): spaced punctuation, @-@ for hyphens.
-DEFAULT_TEXT = (
-    "The town is located on the east bank of the river , about 40 miles ( 64 km ) north of the capital . "
-    "It was founded in the 12th century and became an important centre of trade during the following years . "
-    "In 1920 , the population of the town was 5 @,@ 000 , and it was connected to the railway network in the "
-    "same year . The church of St. Mary , built in the Gothic style , is one of the oldest buildings in the region ."
-)
 
 st.title("Token routing")
 left, right = st.columns(2)
@@ -20,16 +14,28 @@ with left:
 with right:
     other = appkit.model_picker("routing_compare", "Compare with (optional)", state="compare_model", optional=True)
 # Long texts are cut into context windows (said below the numbers); the limit keeps a page responsive.
-text = st.text_area("Text", DEFAULT_TEXT, height=130, max_chars=200_000, key="routing_text")
-left, right = st.columns([2, 1])
-with left:
-    threshold = appkit.threshold_slider("routing_threshold")
-with right:
-    measure = st.selectbox("Confidence measure", CONFIDENCE_MEASURES, key="routing_measure")
+text = appkit.text_area("routing_text", name, height=130, max_chars=200_000)
 
 
-def panel(name: str) -> None:
-    """The routed text of one model: numbers, the coloured tokens, the confidence histogram."""
+def exits_table(result, strings: dict, threshold: float, measure: str) -> None:
+    """What exits: the text's most frequent shallow tokens, their exit rate and NLL at both exits."""
+    summary = what_exits(result.records, strings, threshold, measure, top=12)
+    st.markdown(f"**What exits** — {summary['shallow_tokens']:,} of {summary['tokens']:,} tokens, "
+                f"{summary['distinct_shallow_tokens']:,} distinct")
+    if not summary["rows"]:
+        st.caption("No token of this text exits at this threshold.")
+        return
+    first, last = result.records.early_exit, result.records.final_exit
+    table = pd.DataFrame([{"token": repr(r["token"]), "count": r["count"], "exit rate %": r["exit_rate_pct"],
+                           f"NLL@{first}": r["nll_by_exit"][first], f"NLL@{last}": r["nll_by_exit"][last]}
+                          for r in summary["rows"]])
+    # st.table, not st.dataframe: static HTML redraws at once when the threshold moves
+    st.table(table.style.format({"exit rate %": "{:.0f}", f"NLL@{first}": "{:.2f}", f"NLL@{last}": "{:.2f}"}), hide_index=True)
+    st.caption("exit rate: share of this token's occurrences that exit; `python -m routed exits` gives it for a whole split.")
+
+
+def panel(name: str, threshold: float, measure: str, beside: bool) -> None:
+    """The routed text of one model: numbers, the coloured tokens beside what exits, the confidence histogram."""
     try:
         result, strings = appkit.routed_text(name, appkit.checkpoint(name).fingerprint, text)
         row = appkit.at_threshold(result.records, threshold, measure)
@@ -56,10 +62,36 @@ def panel(name: str) -> None:
             f"The heatmap shows the first {appkit.HEATMAP_TOKENS:,} of {len(result.tokens):,} tokens; "
             "the numbers and the histogram cover them all."
         )
-    st.html(appkit.token_html(result, strings, shallow, threshold, measure))
+    heatmap = appkit.token_html(result, strings, shallow, threshold, measure)
+    if beside:
+        left, right = st.columns([3, 2])
+        with left:
+            st.html(heatmap)
+        with right:
+            exits_table(result, strings, threshold, measure)
+    else:
+        st.html(heatmap)
+        exits_table(result, strings, threshold, measure)
     st.altair_chart(
         appkit.confidence_histogram(result.records.confidence[measure], shallow, threshold, measure), width="stretch"
     )
+
+
+@st.fragment
+def routing() -> None:
+    """The threshold and everything it changes: a threshold move reruns only this part of the page."""
+    left, right = st.columns([2, 1])
+    with left:
+        threshold = appkit.threshold_slider("routing_threshold", name=name)
+    with right:
+        measure = st.selectbox("Confidence measure", CONFIDENCE_MEASURES, key="routing_measure")
+    if other is None:
+        panel(name, threshold, measure, beside=True)
+    else:
+        for column, model in zip(st.columns(2), (name, other)):
+            with column:
+                st.subheader(model)
+                panel(model, threshold, measure, beside=False)
 
 
 if name is None:
@@ -67,11 +99,6 @@ if name is None:
 if not text.strip():
     st.error("Enter some text to route.")
     st.stop()
-if other is None:
-    panel(name)
-else:
-    for column, model in zip(st.columns(2), (name, other)):
-        with column:
-            st.subheader(model)
-            panel(model)
-
+st.page_link("pages/lens.py", label="Why these paths? Open the lens: every layer's prediction for each token",
+             icon=":material/layers:")
+routing()

@@ -14,6 +14,7 @@ queue = appkit.job_queue()
 corpora = appkit.corpus_options()
 
 st.title("Train")
+appkit.regime_caption()
 with st.form("train_form"):
     mode = st.radio("Configuration", ["preset", "custom layer weights"], horizontal=True, key="train_mode")
     left, right = st.columns(2)

@@ -39,8 +39,9 @@ class Kind:
 
 CHECKPOINT = Kind(
     "a routed checkpoint",
-    # the four a save writes, plus the sweep and summary that `sweep --csv` and `reproduce --export` add
-    frozenset({"config.json", "model.safetensors", "tokenizer.json", "history.json", "sweep.csv", "summary.json"}),
+    # the four a save writes, plus the sweeps, summary and diagnostics that `sweep --csv` and `reproduce --export` add
+    frozenset({"config.json", "model.safetensors", "tokenizer.json", "history.json", "sweep.csv", "sweep_all.csv",
+               "summary.json", "diagnostics.json"}),
     "config.json",
     frozenset({"model", "train", "corpus"}),
 )

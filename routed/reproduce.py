@@ -258,10 +258,12 @@ def compute_hypotheses(out: Path, tokenizer, test_ids, log=print) -> None:
 
 
 def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -> list[Path]:
-    """Copy each preset's seed-`seed` run into dest/<prefix><preset>/ with its own threshold and test sweeps."""
+    """Copy each preset's seed-`seed` run into dest/<prefix><preset>/ with its own threshold, test sweeps,
+    summary.json and diagnostics.json."""
     import shutil
 
     from routed.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    from routed.diagnostics import compute_diagnostics, write_diagnostics
 
     written = []
     for name, preset in PRESETS.items():
@@ -280,5 +282,7 @@ def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -
         keep = ("ppl_by_exit", "bpb_by_exit", "ppl_by_exit_all", "at_notes_thresholds", "reference", "test_tokens",
                 "convergence")
         write_json(target / "summary.json", {k: result[k] for k in keep if k in result})
+        # calibration, agreement counts and settling depth, so the app shows them without the corpus
+        write_diagnostics(target, compute_diagnostics(load_checkpoint(target)))
         written.append(target)
     return written

@@ -14,14 +14,15 @@ import torch
 CONFIDENCE_MEASURES = ("max_softmax", "margin", "neg_entropy")
 
 
-def confidence_measures(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def confidence_measures(logits: torch.Tensor, logp: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All confidence measures of logits (..., V), each (...,) in [0, 1], from one softmax.
 
     max_softmax: the top probability (the notes' measure). margin: top-1 minus top-2 probability.
     neg_entropy: negative entropy rescaled to [0, 1] as 1 - H / log(V) (same order as -H).
+    `logp`, when the caller already has log_softmax(logits), saves computing it again.
     """
     logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits, dim=-1) if logp is None else logp
     p = logp.exp()
     top2 = p.topk(2, dim=-1).values
     entropy = -(p * logp).sum(-1)

@@ -29,7 +29,7 @@ def test_adapters_show_their_curve_and_route_text(app_env, adapters_folder):
     at = open_page("pages/home.py")
     at.selectbox(key="home_model").set_value(adapters_folder.name).run()
     assert not at.exception and not errors(at)
-    assert 1 < at.dataframe[0].value.iloc[0]["Routed PPL"] < 1e4
+    assert 1 < at.table[0].value.iloc[0]["Routed PPL (per token)"] < 1e4
     assert any("exit adapters at layers 1, 2" in c.value for c in at.caption)
     at.switch_page("pages/token_routing.py").run()
     assert not at.exception and not errors(at)

@@ -26,11 +26,13 @@ PAGES = {
     "token_routing": "token_routing",
     "home": "",
     "train": "train",
+    "lens": "lens",
+    "calibration": "calibration",
     "generate": "generate",
     "ppl_vs_compute": "ppl_vs_compute",
     "research": "research",
 }
-NAV = ["Home", "Train", "Token routing", "Generate", "PPL vs compute", "Research tables"]
+NAV = ["Home", "Train", "Token routing", "Lens", "Calibration", "Generate", "PPL vs compute", "Research tables"]
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -157,3 +159,19 @@ def test_simultaneous_first_visits_to_a_page_url_on_a_fresh_server(server_env, b
         assert [link.split("\n")[-1] for link in links] == NAV
         for page in pages:
             page.close()
+
+
+def test_lens_heatmap_shows_each_layers_top5_on_hover(app_url, browser):
+    page = load(browser, f"{app_url}/lens")
+    heatmap = page.locator(".js-plotly-plot").first
+    heatmap.wait_for(state="visible", timeout=30_000)
+    cells = heatmap.locator(".nsewdrag").first  # the plot area that receives the mouse
+    box = cells.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.1)  # a cell of layer 1
+    tip = page.locator(".hoverlayer .hovertext").first
+    tip.wait_for(state="visible", timeout=5_000)
+    text = tip.text_content()  # SVG text: its lines are tspans
+    assert "layer 1 top-5" in text and "rank" in text and "NLL" in text and "settles at layer" in text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "lens_hover.png"))
+    page.close()

@@ -247,6 +247,57 @@ def test_calibrate_prints_json(workspace, capsys):
     assert result["validation"]["compute_pct"] <= 90 + 1e-9
 
 
+def test_calibrate_with_a_guarantee_picks_on_validation_and_checks_on_test(workspace, capsys):
+    _, checkpoint = workspace
+    assert main(["calibrate", "--checkpoint", str(checkpoint), "--agreement", "0.8", "--delta", "0.2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    report = result["guarantee"]
+    assert result["threshold"] == report["threshold"]
+    if result["threshold"] is not None:
+        pick = report["validation"]
+        assert pick["upper_bound"] <= 0.2 + 1e-9 and pick["disagree"] <= pick["shallow"]
+        assert report["test"]["held"] == (report["test"]["disagree"] <= 0.2 * report["test"]["shallow"])
+    assert main(["calibrate", "--checkpoint", str(checkpoint), "--agreement", "0.8"]) == 0  # delta defaults to 0.1
+    assert "fixed-sequence testing" in capsys.readouterr().out
+
+
+def test_calibrate_says_when_no_threshold_meets_the_guarantee(workspace, capsys):
+    _, checkpoint = workspace  # 99.99% with 99% certainty needs tens of thousands of shallow tokens
+    assert main(["calibrate", "--checkpoint", str(checkpoint), "--agreement", "0.9999", "--delta", "0.01"]) == 0
+    assert "falling back to deep-only" in capsys.readouterr().out
+    assert main(["calibrate", "--checkpoint", str(checkpoint), "--agreement", "0.9999", "--delta", "0.01", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["threshold"] is None and result["test"]["shallow_pct"] == 0.0 and result["fallback"].startswith("deep-only")
+
+
+def test_reliability_writes_diagnostics_beside_the_checkpoint(workspace, capsys, tmp_path):
+    import shutil
+
+    from routed.diagnostics import read_diagnostics
+
+    _, checkpoint = workspace
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, copy)
+    assert main(["reliability", "--checkpoint", str(copy), "--write"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "| exit | accuracy | ECE max_softmax |" in out
+    diag = read_diagnostics(copy)
+    test = diag["splits"]["test"]
+    assert sum(test["settling"].values()) == test["tokens"]
+    assert test["agreement"]["max_softmax"]["shallow"][0] == test["tokens"]  # threshold 0: every token exits
+    assert sum(map(sum, test["exit_by_position"]["max_softmax"])) == test["tokens"]
+    assert read_diagnostics(copy, fingerprint="another") is None  # made for other weights: not used
+
+
+def test_lens_prints_every_layer_per_token(workspace, capsys):
+    _, checkpoint = workspace
+    assert main(["lens", "--checkpoint", str(checkpoint), "--text", "the cat sees the ball.", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["tokens"]
+    assert rows and all(set(r["layers"]) == {"1", "2", "3"} for r in rows)
+    assert all(r["layers"]["3"]["agrees_last"] and 1 <= r["settling_depth"] <= 3 for r in rows)
+
+
 def bad_inputs(corpus, checkpoint, out):
     train = ["train", "--corpus", corpus, "--out", out, *TINY_CLI_FLAGS]
     return {

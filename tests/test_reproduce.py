@@ -6,6 +6,7 @@ import pytest
 
 from routed.checkpoint import list_checkpoints, load_checkpoint, read_sweep
 from routed.config import PRESETS
+from routed.diagnostics import read_diagnostics
 from routed.report import report_path
 from routed.reproduce import ReproduceSettings, export_checkpoints, planned_runs, reproduce
 from tests.helpers import repetitive_text
@@ -75,6 +76,8 @@ def test_export_writes_each_preset_with_its_own_threshold_and_sweep(reproduced, 
         assert ckpt.train_config.routing_threshold == preset.routing_threshold
         assert ckpt.model_config.n_layers == preset.n_layers
         assert read_sweep(tmp_path / name) is not None
+        diagnostics = read_diagnostics(tmp_path / name, ckpt.fingerprint)  # the app's calibration view, offline
+        assert diagnostics is not None and set(diagnostics["splits"]) == {"validation", "test"}
 
 
 def test_export_prefix_names_the_copies_and_must_stay_a_plain_name(reproduced, tmp_path):

@@ -1,4 +1,5 @@
-"""Command line: python -m routed {presets, train, eval, route, sweep, exits, calibrate, generate, reproduce, ...}.
+"""Command line: python -m routed {presets, train, eval, route, sweep, exits, lens, reliability, calibrate, generate,
+reproduce, ...}.
 
 Each command lives in its own module here with a `register(subparsers)` that adds its parser.
 """
@@ -8,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from routed.cli import calibrate, evaluate, generate, pretrained, reproduce, train
+from routed.cli import calibrate, evaluate, generate, lens, pretrained, reproduce, train
 
-COMMAND_MODULES = (train, evaluate, calibrate, generate, reproduce, pretrained)
+COMMAND_MODULES = (train, evaluate, lens, calibrate, generate, reproduce, pretrained)
 
 
 def make_parser() -> argparse.ArgumentParser:
