@@ -101,7 +101,7 @@ def _threshold_claim(results: dict, name: str, blocks: dict, high: float = 0.95,
     ppl_hi = np.mean([r["at_notes_thresholds"][f"{high:g}"]["routed_ppl"] for r in runs])
     ppl_lo = np.mean([r["at_notes_thresholds"][f"{low:g}"]["routed_ppl"] for r in runs])
     return _row(f"a higher threshold gives a better PPL ({name}: {high:g} vs {low:g})", c, "nats/token",
-                f"PPL at {high:g} vs {low:g}: {ppl_hi:.2f} vs {ppl_lo:.2f}; {len(per_seed[0]):,} blocks per seed")
+                f"PPL at {high:g} vs {low:g}: {ppl_hi:.2f} vs {ppl_lo:.2f}; {len(per_seed[0]['tokens']):,} blocks per seed")
 
 
 def claims(results: dict, blocks: dict) -> list[dict]:

@@ -280,7 +280,7 @@ def test_shipped_checkpoints_give_every_preset_real_numbers(shipped_env):
 
     at = open_page("pages/home.py")
     assert not errors(at)
-    shipped = sorted(PRESETS) + sorted(f"tinystories-{name}" for name in PRESETS)  # two regimes
+    shipped = sorted(PRESETS) + sorted([*(f"tinystories-{name}" for name in PRESETS), "tinystories-6l-d256"])  # two regimes
     assert sorted(at.selectbox(key="home_model").options) == shipped
     for name in ("asymmetric_best", "tinystories-asymmetric_best"):
         at.selectbox(key="home_model").set_value(name).run()
