@@ -26,20 +26,17 @@ from appkit.loaders import (
     corpus_of,
     curve,
     describe,
-    diagnostics,
     job_queue,
-    lens_text,
     pareto_front,
     ppl_at,
     refresh_checkpoints,
     reports_dir,
-    routed_text,
     row_at,
-    shallow_mask,
 )
 from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW
 from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html
 from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload
+from appkit.views import diagnostics, lens_text, routed_text, shallow_mask
 from appkit.widgets import (
     model_picker,
     regime_caption,
