@@ -57,16 +57,11 @@ def unseen_characters(tokenizer, text: str) -> list[str]:
 
 def lens_text(model, tokenizer, text: str, layers=None, top_k: int = TOP_K) -> LensText:
     """Look at every token of `text` through the lens; long texts are cut into context windows."""
-    from routed.tokenizer import encode, marker_ids, token_texts
+    from routed.text import text_ids
+    from routed.tokenizer import marker_ids, token_texts
 
-    if not isinstance(text, str):
-        raise ValueError(f"text: must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError("text: nothing to look at; enter some text")
-    text = re.sub("[\ud800-\udfff]", "\ufffd", text)  # the tokenizer takes valid Unicode only
-    ids = encode(tokenizer, text)
-    if len(ids) < 2:
-        raise ValueError("text: at least two tokens are needed (the first token is only context)")
+    ids = text_ids(tokenizer, text, "look at")
+    text = re.sub("[\ud800-\udfff]", "\ufffd", text)  # as text_ids read it, for naming unseen characters
     records = lens(model, ids, layers, top_k=top_k, marker_ids=marker_ids(tokenizer))
     context = model.config.context_length
     return LensText(token_texts(tokenizer, ids), records, n_windows(len(ids), context), context,
