@@ -8,11 +8,13 @@ from __future__ import annotations
 import streamlit as st
 
 from appkit.calibration_charts import ece_table, guarantee_figure, reliability_figure
-from appkit.charts import AXES, alpha_chart, alpha_surface, compute_chart, confidence_histogram, history_chart
+from appkit.charts import AXES, alpha_chart, alpha_surface, compute_chart, history_chart
 from appkit.defaults import default_model, default_text, default_threshold, regime
 from appkit.generation import MODES as GENERATE_MODES
 from appkit.generation import exits_of, generate_modes, speculative_html, speed_table
-from appkit.lens_charts import COLOUR_BY, LENS_TOKENS, exit_rate_by_position, lens_heatmap, settling_chart
+from appkit.headline import headline_chart, headline_frame, rows_at
+from appkit.lens_charts import COLOUR_BY, LENS_TOKENS, lens_heatmap, settling_chart
+from appkit.lens_slider import lens_slider_chart, position_table, summary_table
 from appkit.loaders import (
     alpha_of,
     at_threshold,
@@ -33,30 +35,33 @@ from appkit.loaders import (
     reports_dir,
     row_at,
 )
+from appkit.routing_chart import routing_chart
+from appkit.slider_grid import exit_index
 from appkit.style import BASELINES, DEEP, MODEL_COLOURS, NOTES_THRESHOLDS, ROOT, SHALLOW
-from appkit.tokens import HEATMAP_TOKENS, generated_html, token_html
+from appkit.tokens import generated_html
 from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload
-from appkit.views import diagnostics, lens_text, routed_text, shallow_mask
+from appkit.views import diagnostics, lens_text, routed_text, slider_tables
 from appkit.widgets import (
     model_picker,
     regime_caption,
     show_problems,
+    start_threshold,
     text_area,
     threshold_slider,
     use_threshold,
 )
 
 __all__ = [
-    "AXES", "BASELINES", "COLOUR_BY", "DEEP", "GENERATE_MODES", "HEATMAP_TOKENS", "LENS_TOKENS", "MAX_UPLOAD_MB",
+    "AXES", "BASELINES", "COLOUR_BY", "DEEP", "GENERATE_MODES", "LENS_TOKENS", "MAX_UPLOAD_MB",
     "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT", "SHALLOW", "alpha_chart", "alpha_of", "alpha_surface",
     "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint", "checkpoint_names",
-    "checkpoint_problems", "compute_chart", "config", "confidence_histogram", "corpus_of", "corpus_options", "curve",
+    "checkpoint_problems", "compute_chart", "config", "corpus_of", "corpus_options", "curve",
     "default_model", "default_text", "default_threshold", "describe", "diagnostics", "ece_table",
-    "exit_rate_by_position", "exits_of", "generate_modes", "generated_html", "guarantee_figure", "history_chart",
-    "job_queue", "lens_heatmap", "lens_text", "model_picker", "pareto_front", "ppl_at", "refresh_checkpoints",
-    "regime", "regime_caption", "reliability_figure", "reports_dir", "routed_text", "row_at", "save_upload",
-    "settling_chart", "shallow_mask", "show_problems", "speculative_html", "speed_table", "text_area",
-    "threshold_slider", "token_html", "use_threshold",
+    "exit_index", "exits_of", "generate_modes", "generated_html", "guarantee_figure", "headline_chart", "headline_frame", "history_chart",
+    "job_queue", "lens_heatmap", "lens_slider_chart", "lens_text", "model_picker", "pareto_front", "position_table", "ppl_at", "refresh_checkpoints",
+    "regime", "regime_caption", "reliability_figure", "reports_dir", "routed_text", "routing_chart", "row_at", "rows_at", "save_upload",
+    "settling_chart", "show_problems", "slider_tables", "speculative_html", "speed_table", "start_threshold", "summary_table", "text_area",
+    "threshold_slider", "use_threshold",
 ]
 
 

@@ -31,28 +31,6 @@ def history_chart(history: list[dict], n_layers: int):
     )
 
 
-def confidence_histogram(confidence: np.ndarray, shallow: np.ndarray, threshold: float, measure: str):
-    """Histogram of the early exit's confidences, stacked by path, with the threshold drawn in."""
-    import altair as alt
-
-    frame = pd.DataFrame({measure: confidence, "path": np.where(shallow, "shallow", "deep")})
-    bars = (
-        alt.Chart(frame)
-        .mark_bar()
-        .encode(
-            x=alt.X(f"{measure}:Q", bin=alt.Bin(extent=[0, 1], step=0.025), title=f"confidence ({measure})"),
-            y=alt.Y("count():Q", title="tokens"),
-            color=alt.Color("path:N", scale=alt.Scale(domain=["shallow", "deep"], range=[SHALLOW, DEEP])),
-        )
-    )
-    rule = (
-        alt.Chart(pd.DataFrame({"threshold": [threshold]}))
-        .mark_rule(color="black", strokeDash=[4, 3])
-        .encode(x="threshold:Q")
-    )
-    return (bars + rule).properties(height=200)
-
-
 # --------------------------------------------------------------------------------------------
 # PPL against compute
 
@@ -70,7 +48,7 @@ def _thin(curve: pd.DataFrame, max_points: int = 200) -> pd.DataFrame:
 THRESHOLD_PARAM = "threshold"
 
 
-def _on_slider_grid(frame: pd.DataFrame) -> pd.DataFrame:
+def on_slider_grid(frame: pd.DataFrame) -> pd.DataFrame:
     """The sweep rows nearest to the thresholds 0, 0.01, ..., 1 (what the chart's own slider can reach)."""
     rows = [row_at(frame, t) for t in np.round(np.linspace(0.0, 1.0, 101), 2)]
     return pd.DataFrame(rows).assign(slider=np.round(np.linspace(0.0, 1.0, 101), 2))
@@ -91,7 +69,7 @@ def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, poi
     front = pareto_front(lines[[x, "routed_ppl"]], x, "routed_ppl")  # from every threshold, before thinning
     # Draw at most ~200 points per curve: enough for the eye, and under Altair's 5,000-row limit for many models.
     lines = pd.concat([_thin(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
-    marks = pd.concat([_on_slider_grid(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
+    marks = pd.concat([on_slider_grid(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
     start = float(np.clip(round(threshold, 2), 0.0, 1.0))
     param = alt.param(name=THRESHOLD_PARAM, value=start,
                       bind=alt.binding_range(min=0, max=1, step=0.01, name="Threshold (confidence ≥ threshold → shallow) "))

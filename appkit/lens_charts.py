@@ -32,11 +32,11 @@ def _cell_values(rec, colour: str) -> np.ndarray:
     return rec.top1_prob if colour == "top1_prob" else rec.true_prob
 
 
-def lens_heatmap(seen, strings: dict, shallow: np.ndarray, start: int = 0, count: int = LENS_TOKENS,
-                 colour: str = "true_prob", threshold: float | None = None):
-    """Token x layer heatmap of predicted tokens start..start+count: colour per cell, the routing decision
-    as a row underneath, the settling depth as a marker per token; hover gives each exit's top-5,
-    the true token's probability, rank and NLL."""
+def lens_heatmap(seen, strings: dict, confidence: np.ndarray, exit_index: np.ndarray, start: int = 0,
+                 count: int = LENS_TOKENS, colour: str = "true_prob", measure: str = "max_softmax"):
+    """Token x layer heatmap of predicted tokens start..start+count: colour per cell, the first exit's
+    confidence as a row underneath (hover: the thresholds at which the token exits), the settling depth
+    as a marker per token; hover gives each exit's top-5, the true token's probability, rank and NLL."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -71,13 +71,10 @@ def lens_heatmap(seen, strings: dict, shallow: np.ndarray, start: int = 0, count
     fig.add_trace(go.Scatter(x=x, y=[f"L{d}" for d in settle], mode="markers", name="settling depth",
                              marker=dict(symbol="diamond", size=9, color="#e7298a", line=dict(width=1, color="white")),
                              hoverinfo="skip"), row=1, col=1)
-    path = shallow[cols].astype(np.float32)[None, :]
-    decision = [["shallow" if s else "deep" for s in shallow[cols]]]
-    fig.add_trace(go.Heatmap(z=path, x=x, y=["route"], zmin=0, zmax=1, showscale=False, xgap=1,
-                             colorscale=[[0, DEEP], [1, SHALLOW]], customdata=decision,
-                             hovertemplate="token %{x}: %{customdata} path"
-                                           + (f" at threshold {threshold:.2f}" if threshold is not None else "")
-                                           + "<extra></extra>"), row=2, col=1)
+    routes = [[f"shallow at thresholds ≤ {k / 100:.2f}" if k >= 0 else "deep at every threshold" for k in exit_index[cols]]]
+    fig.add_trace(go.Heatmap(z=confidence[cols].astype(np.float32)[None, :], x=x, y=["confidence"], zmin=0, zmax=1,
+                             showscale=False, xgap=1, colorscale=[[0, DEEP], [1, SHALLOW]], customdata=routes,
+                             hovertemplate=f"token %{{x}}: {measure} %{{z:.3f}}, %{{customdata}}<extra></extra>"), row=2, col=1)
     angle = 0 if max(len(t) for t in ticks) <= 2 else -60
     fig.update_xaxes(tickvals=x, ticktext=ticks, tickangle=angle, tickfont=dict(family="monospace", size=12), row=2, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=1)
@@ -102,28 +99,17 @@ def settling_chart(sources: dict[str, dict[int, int]]):
     return fig
 
 
-def exit_rate_by_position(context: int, threshold: float, text: tuple[np.ndarray, np.ndarray] | None = None,
-                          split_hist: list[list[int]] | None = None, buckets: int = 16):
-    """Exit rate (% shallow) against the position in the context window: of a text (window positions and
-    shallow mask) and of the test split (histogram of confidence per position bucket, 0.01-wide bins)."""
-    import plotly.graph_objects as go
+def split_exit_rate(split_hist: list[list[int]], threshold: float) -> np.ndarray:
+    """% of a split's tokens that exit at `threshold`, per position bucket, from its stored histogram of
+    confidences per bucket (0.01-wide bins; see routed.diagnostics)."""
+    hist = np.asarray(split_hist, dtype=np.float64)
+    level = min(hist.shape[1] - 1, int(np.ceil(threshold * (hist.shape[1] - 1) - 1e-9)))
+    return 100.0 * hist[:, level:].sum(1) / np.maximum(1, hist.sum(1))
 
-    width = max(1, context) / buckets
-    centres = (np.arange(buckets) + 0.5) * width
-    fig = go.Figure()
-    if split_hist is not None:
-        hist = np.asarray(split_hist, dtype=np.float64)
-        level = min(hist.shape[1] - 1, int(np.ceil(threshold * (hist.shape[1] - 1) - 1e-9)))
-        rate = 100.0 * hist[:, level:].sum(1) / np.maximum(1, hist.sum(1))
-        fig.add_trace(go.Scatter(x=centres, y=rate, mode="lines+markers", name="test split",
-                                 hovertemplate="positions %{x:.0f}±" + f"{width / 2:.0f}" + ": %{y:.1f}% exit<extra></extra>"))
-    if text is not None:
-        position, shallow = text
-        bucket = np.minimum(position * buckets // max(1, context), buckets - 1)
-        n = np.bincount(bucket, minlength=buckets)
-        rate = np.where(n > 0, 100.0 * np.bincount(bucket, weights=shallow.astype(float), minlength=buckets) / np.maximum(n, 1), np.nan)
-        fig.add_trace(go.Scatter(x=centres, y=rate, mode="markers", name="this text", marker=dict(size=9, symbol="diamond"),
-                                 customdata=n, hovertemplate="%{y:.0f}% of %{customdata} tokens exit<extra></extra>"))
-    fig.update_layout(template="plotly_white", height=300, xaxis_title="position in the context window (tokens seen)", yaxis_title="exit rate (%)",
-                      yaxis_range=[0, 100], margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.12, x=0))
-    return fig
+
+def text_exit_rate(position: np.ndarray, shallow: np.ndarray, context: int, buckets: int = 16):
+    """(% of a text's tokens that exit, tokens) per position bucket; NaN where a bucket is empty."""
+    bucket = np.minimum(position * buckets // max(1, context), buckets - 1)
+    n = np.bincount(bucket, minlength=buckets)
+    rate = np.where(n > 0, 100.0 * np.bincount(bucket, weights=shallow.astype(float), minlength=buckets) / np.maximum(n, 1), np.nan)
+    return rate, n

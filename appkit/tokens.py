@@ -1,11 +1,10 @@
-"""Texts as HTML: tokens coloured by their path, with the numbers behind each in a tooltip."""
+"""Generated text as HTML: tokens coloured by their exit, with the numbers behind each in a tooltip;
+and how a token is shown (hidden characters as escapes)."""
 
 from __future__ import annotations
 
 import html
 import re
-
-import numpy as np
 
 from appkit.style import DEEP, SHALLOW
 
@@ -33,45 +32,14 @@ def _show(token: str) -> str:
 _HIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+def visible(token: str) -> str:
+    """A token with its hidden characters written as escapes (e.g. \\x00, \\u202e)."""
+    return _HIDDEN.sub(lambda m: repr(m.group())[1:-1], token)
+
+
 def _text(token: str) -> str:
     """A token as HTML text: escaped, its hidden characters made visible."""
-    return html.escape(_HIDDEN.sub(lambda m: repr(m.group())[1:-1], token))
-
-
-HEATMAP_TOKENS = 5_000  # tokens drawn in a heatmap; more make a page of tens of MB
-
-
-def token_html(
-    result, strings: dict, shallow: np.ndarray, threshold: float, measure: str, max_tokens: int = HEATMAP_TOKENS
-) -> str:
-    """The text as escaped HTML spans: colour = path, shade = confidence, tooltip = the numbers.
-
-    Only the first `max_tokens` tokens are drawn (say so beside it when len(result.tokens) is larger).
-    """
-    rec = result.records
-    conf = rec.confidence[measure]
-    exits = [(rec.early_exit, "shallow"), (rec.final_exit, "deep")]
-    spans = [
-        f'<span class="tok ctx">{_text(result.tokens[0])}<span class="tip">first token: context only</span></span>'
-    ]
-    for i, token in enumerate(result.tokens[1:max_tokens]):
-        path = "shallow" if shallow[i] else "deep"
-        lines = [f"{_show(token)!s}: {path} path, {measure} {conf[i]:.3f} {'≥' if shallow[i] else '<'} {threshold:.2f}"]
-        for layer, label in exits:
-            lines.append(f"exit {layer} ({label}): NLL {rec.nll[layer][i]:.2f}")
-            if rec.top_ids is not None:
-                tops = zip(rec.top_ids[layer][i], rec.top_probs[layer][i])
-                lines.append("   " + "  ".join(f"{_show(strings.get(int(t), '?'))} {p:.2f}" for t, p in tops))
-        colour = _rgba(SHALLOW if shallow[i] else DEEP, 0.15 + 0.85 * float(conf[i]))
-        tip = html.escape("\n".join(lines))
-        spans.append(
-            f'<span class="tok {path}" style="background:{colour}">{_text(token)}<span class="tip">{tip}</span></span>'
-        )
-    legend = (
-        f'<div class="routed-legend"><span style="background:{_rgba(SHALLOW, 0.8)}">shallow (exit after layer {rec.early_exit})</span>'
-        f'<span style="background:{_rgba(DEEP, 0.8)}">deep (all layers)</span> darker = more confident; hover a token</div>'
-    )
-    return TOKEN_CSS + legend + '<div class="routed-text">' + "".join(spans) + "</div>"
+    return html.escape(visible(token))
 
 
 def generated_html(tokens, first_exit: int) -> str:

@@ -5,12 +5,10 @@ Each is threshold-free (or cheap in the threshold), so moving a slider reuses th
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from appkit.loaders import _stamp, checkpoint
 from routed.checkpoint import checkpoint_path
-from routed.routing import exits_early
 
 
 @st.cache_data(max_entries=16, show_spinner="Routing the text…")
@@ -60,7 +58,11 @@ def diagnostics(name: str, compute: bool = True) -> dict | None:
     return result
 
 
-def shallow_mask(records, threshold: float, measure: str) -> np.ndarray:
-    import torch
+@st.cache_data(max_entries=16, show_spinner="Tabulating every threshold…")
+def slider_tables(name: str, fingerprint: str, text: str, measure: str, max_tokens: int):
+    """appkit.slider_grid.SliderTables of the routed text: what the Token routing chart needs at every
+    slider position, computed once per text and measure."""
+    from appkit.slider_grid import slider_tables as tabulate
 
-    return exits_early(torch.from_numpy(records.confidence[measure]), threshold).numpy()
+    result, strings = routed_text(name, fingerprint, text)
+    return tabulate(result, strings, measure, max_tokens)

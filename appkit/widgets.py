@@ -65,11 +65,17 @@ def show_problems() -> None:
 
 def threshold_slider(key: str, label: str = THRESHOLD_LABEL, name: str | None = None) -> float:
     """The routing threshold, shared across pages; until moved it is the model's default (about half shallow)."""
-    if st.session_state.get("threshold_auto", True) or "threshold" not in st.session_state:
-        st.session_state["threshold"] = default_threshold(name if name is not None else st.session_state.get("model"))
-    st.session_state[key] = st.session_state["threshold"]
+    st.session_state[key] = start_threshold(name)
     help_text = "Until you move it, the threshold follows the model: the highest that sends about half its test tokens shallow."
     return st.slider(label, 0.0, 1.0, step=0.01, key=key, on_change=_remember, args=(key, "threshold"), help=help_text)
+
+
+def start_threshold(name: str | None) -> float:
+    """The shared threshold a page's own chart slider starts from: the model's default until a slider of
+    the app (or the calibration page) set it."""
+    if st.session_state.get("threshold_auto", True) or "threshold" not in st.session_state:
+        st.session_state["threshold"] = default_threshold(name if name is not None else st.session_state.get("model"))
+    return float(st.session_state["threshold"])
 
 
 def use_threshold(value: float) -> None:

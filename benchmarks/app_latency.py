@@ -4,7 +4,8 @@ Starts `streamlit run app.py` (from --root, default this checkout) on a free loc
 page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no browser is downloaded),
 focuses the page's threshold slider (Streamlit's, or a chart's own bound slider) and presses an arrow key
 N times. For each press it records the time from the keydown event to the last DOM mutation, where the
-page counts as settled after a quiet period with no mutation and no script running. Background training
+page counts as settled after a quiet period with no DOM mutation, no canvas drawing call and no script
+running. Background training
 is paused while measuring (/work/bin/pause-training, resumed on exit).
 
     python benchmarks/app_latency.py                                   # this checkout
@@ -31,10 +32,16 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 PAGES = {"home": "", "token_routing": "token_routing", "lens": "lens", "ppl_vs_compute": "ppl_vs_compute"}
 PAUSE, RESUME = "/work/bin/pause-training", "/work/bin/resume-training"
 
-# Records the time of every DOM mutation and of every keydown, in the page's own clock.
+# Records the time of every DOM mutation, every canvas drawing call (charts drawn on a canvas change no
+# DOM node when they redraw) and every keydown, in the page's own clock.
 OBSERVER = """() => {
   window.__lastMutation = performance.now();
   window.__keydown = null;
+  const proto = CanvasRenderingContext2D.prototype;
+  for (const name of ['clearRect', 'fillRect', 'strokeRect', 'fillText', 'strokeText', 'fill', 'stroke', 'drawImage']) {
+    const original = proto[name];
+    proto[name] = function (...args) { window.__lastMutation = performance.now(); return original.apply(this, args); };
+  }
   new MutationObserver(() => { window.__lastMutation = performance.now(); })
     .observe(document.body, {subtree: true, childList: true, attributes: true, characterData: true});
   document.addEventListener('keydown', e => { window.__keydown = performance.now(); }, true);

@@ -1,6 +1,5 @@
 """Home: the method in one diagram, the model picker, and the headline numbers at a threshold."""
 
-import pandas as pd
 import streamlit as st
 
 import appkit
@@ -35,38 +34,26 @@ st.graphviz_chart(
 name = appkit.model_picker("home_model")
 
 
-@st.fragment
 def headline(name: str) -> None:
-    """The threshold and the table: a threshold move reruns only this part of the page (the picker stays out,
-    as every element redrawn adds to the move's latency)."""
-    threshold = appkit.threshold_slider("home_threshold", name=name)
+    """The table at a threshold: the slider under it picks the routed row in the browser (no rerun)."""
     try:
-        row = appkit.row_at(appkit.curve(name), threshold)
+        curve = appkit.curve(name)  # first: a model without a corpus (pretrained) says so here
         corpus = appkit.corpus_of(name)
-        reference = appkit.baseline_names(corpus)
-        rows = {f"{name} (threshold {threshold:.2f})": row, **appkit.baselines(corpus)}
+        frame = appkit.headline_frame(name, curve, appkit.baselines(corpus))
+        row = appkit.row_at(curve, 0.0)  # the references below do not depend on the threshold
     except ValueError as exc:
         st.error(str(exc))
         return
-    others = [label for label, n in reference.items() if appkit.corpus_of(n) != corpus]
+    others = [label for label, n in appkit.baseline_names(corpus).items() if appkit.corpus_of(n) != corpus]
     if others:
         st.warning(f"{' and '.join(others)} used another corpus or vocabulary than {name}: their PPLs are not comparable.")
-    frame = pd.DataFrame(rows).T
-    if "routed_bpb" not in frame:
-        frame["routed_bpb"] = float("nan")  # a sweep written before bits per byte were kept
-    table = frame[["routed_ppl", "routed_bpb", "shallow_pct", "compute_pct", "flops_pct"]].astype(float)
-    table.columns = ["Routed PPL (per token)", "bits/byte", "Shallow%", "Compute%", f"FLOPs% ({DENSE_EXECUTION})"]
-    if "Standard 3L" in rows:
-        table["vs Standard 3L"] = (
-            100 * (rows["Standard 3L"]["routed_ppl"] - table["Routed PPL (per token)"]) / rows["Standard 3L"]["routed_ppl"]
-        )
-    st.table(table.style.format("{:.2f}", na_rep="–").format("{:.4f}", subset=["bits/byte"], na_rep="–"))  # static HTML: a threshold move redraws it at once
+    st.altair_chart(appkit.headline_chart(frame, appkit.start_threshold(name)), key="home_headline")
     st.caption(
         f"{name}: shallow-only PPL {row['shallow_ppl']:.2f}, deep-only PPL {row['deep_ppl']:.2f}, "
         f"oracle (best path per token) {row['oracle_ppl']:.2f}. 'vs Standard 3L' is the PPL improvement in %. "
         f"FLOPs% prices the {DENSE_EXECUTION} execution, the cheapest that gives exactly this routing; corpus "
         "markers (e.g. <unk>) are left out of every number; bits/byte compares across tokenizers."
-        + ("" if len(rows) == 3 else " Standard 1L/3L rows appear once checkpoints standard_1l and standard_3l exist.")
+        + ("" if len(frame) == 101 + 2 else " Standard 1L/3L rows appear once checkpoints standard_1l and standard_3l exist.")
     )
 
 

@@ -5,7 +5,6 @@ import pandas as pd
 import streamlit as st
 
 import appkit
-from routed.breakdown import what_exits
 from routed.routing import CONFIDENCE_MEASURES
 
 st.title("Lens: every layer's prediction")
@@ -38,54 +37,40 @@ except ValueError as exc:
     st.caption(str(exc))
 
 
-@st.fragment
-def lens_view() -> None:
-    """The threshold and what it changes (the routing row, exit rates): reruns alone on a threshold move."""
-    cols = st.columns([2, 1, 1])
-    with cols[0]:
-        threshold = appkit.threshold_slider("lens_threshold", name=name)
-    with cols[1]:
-        measure = st.selectbox("Confidence measure", CONFIDENCE_MEASURES, key="lens_measure")
-    with cols[2]:
-        colour = appkit.COLOUR_BY[st.selectbox("Colour", list(appkit.COLOUR_BY), key="lens_colour")]
-    shallow = appkit.shallow_mask(routed.records, threshold, measure)
-    n = len(rec)
-    start = 0
-    if n > appkit.LENS_TOKENS:
-        start = st.slider("First token shown", 1, n - appkit.LENS_TOKENS + 1, 1, key="lens_start") - 1
-        st.caption(f"Showing tokens {start + 1}–{start + appkit.LENS_TOKENS} of {n:,}.")
-    st.plotly_chart(appkit.lens_heatmap(seen, strings, shallow, start, appkit.LENS_TOKENS, colour, threshold),
-                    width="stretch", theme=None, key="lens_heatmap")
-    settle = rec.settling()
-    early_ok = settle == rec.layers[0]
-    st.caption(
-        f"Pink diamonds: settling depth. Bottom row: the path at threshold {threshold:.2f}. "
-        f"{early_ok.mean():.0%} of this text's tokens settle at layer {rec.layers[0]}; "
-        f"{shallow.mean():.0%} take the shallow path, and {(shallow & ~early_ok).mean():.0%} exit before settling "
-        "(their shallow answer differs from the full model's)."
-    )
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Exit rate by position in the context window**")
-        hist = None
-        if diagnostics is not None:
-            hist = diagnostics["splits"]["test"]["exit_by_position"].get(measure)
-        st.plotly_chart(appkit.exit_rate_by_position(seen.context_length, threshold, (rec.window_position, shallow), hist),
-                        width="stretch", theme=None, key="lens_position")
-    with right:
-        exits_table(threshold, measure)
-
-
-def exits_table(threshold: float, measure: str) -> None:
-    """What exits: the text's most frequent shallow tokens at this threshold."""
-    summary = what_exits(routed.records, route_strings, threshold, measure, top=8)
-    st.markdown(f"**What exits** — {summary['shallow_tokens']:,} of {summary['tokens']:,} tokens")
-    if summary["rows"]:
-        st.table(pd.DataFrame([{"token": repr(r["token"]), "count": r["count"], "exit rate %": round(r["exit_rate_pct"])}
-                               for r in summary["rows"]]), hide_index=True)
-
-
-lens_view()
+cols = st.columns(2)
+with cols[0]:
+    measure = st.selectbox("Confidence measure", CONFIDENCE_MEASURES, key="lens_measure")
+with cols[1]:
+    colour = appkit.COLOUR_BY[st.selectbox("Colour", list(appkit.COLOUR_BY), key="lens_colour")]
+confidence = routed.records.confidence[measure]
+index = appkit.exit_index(confidence)  # per token: the highest slider position at which it exits
+n = len(rec)
+start = 0
+if n > appkit.LENS_TOKENS:
+    start = st.slider("First token shown", 1, n - appkit.LENS_TOKENS + 1, 1, key="lens_start") - 1
+    st.caption(f"Showing tokens {start + 1}–{start + appkit.LENS_TOKENS} of {n:,}.")
+stop = min(n, start + appkit.LENS_TOKENS)
+st.plotly_chart(appkit.lens_heatmap(seen, strings, confidence, index, start, appkit.LENS_TOKENS, colour, measure),
+                width="stretch", theme=None, key="lens_heatmap")
+st.caption("Pink diamonds: settling depth. Bottom row: the first exit's confidence, which routing compares with the "
+           "threshold (hover: the thresholds at which the token exits).")
+try:
+    exits = appkit.slider_tables(name, appkit.config(name).get("fingerprint", ""), text, measure, 1)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+split_hist = None
+if diagnostics is not None:
+    split_hist = diagnostics["splits"]["test"]["exit_by_position"].get(measure)
+settles_first = rec.settling() == rec.layers[0]
+# The slider under this chart moves everything in it in the browser, with no rerun of the page.
+st.altair_chart(appkit.lens_slider_chart(
+    [repr(t) for t in seen.tokens[start + 1 : stop + 1]], index[start:stop], start,
+    appkit.summary_table(index, settles_first, rec.layers[0]),
+    appkit.position_table(seen.context_length, rec.window_position, index, split_hist),
+    exits, appkit.start_threshold(name)), key="lens_threshold_views")
+st.caption("Top strip: the path of the tokens shown in the heatmap, in the same order, at the slider's threshold. "
+           "Exit rate: this text's tokens (diamonds) and, where stored, the test split's (line).")
 
 st.markdown("**Settling depth**")
 settle_all = rec.settling()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
+import charts
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -38,11 +38,11 @@ def test_every_page_runs(app_env, page):
 def test_home_headline_table_has_baselines(app_env):
     at = open_page("pages/home.py")
     assert at.selectbox(key="home_model").options == ["asymmetric_best", "standard_1l", "standard_3l"]
-    table = at.table[0].value
+    table = charts.headline_table(at)
     assert list(table.index[1:]) == ["Standard 1L", "Standard 3L"]
     assert table.loc["Standard 1L", "Compute%"] == pytest.approx(100 / 3)
     at.selectbox(key="home_model").set_value("standard_1l").run()  # Compute% is against 3 layers for any depth
-    assert at.table[0].value.iloc[0]["Compute%"] == pytest.approx(100 / 3)
+    assert charts.headline_table(at).iloc[0]["Compute%"] == pytest.approx(100 / 3)
 
 
 def add_checkpoints_on_another_corpus(checkpoints: Path) -> None:
@@ -67,12 +67,12 @@ def test_home_baselines_come_from_the_models_corpus(app_env):
     add_checkpoints_on_another_corpus(app_env.checkpoints)
     at = open_page("pages/home.py")
     at.selectbox(key="home_model").set_value("other-asymmetric_best").run()
-    table = at.table[0].value
+    table = charts.headline_table(at)
     assert table.loc["Standard 1L", "Routed PPL (per token)"] == pytest.approx(7.0)  # other-standard_1l, same corpus
     # no Standard 3L on 'elsewhere': the one on the tiny corpus is shown, with a warning
     assert any("Standard 3L used another corpus" in w.value for w in at.warning)
     at.selectbox(key="home_model").set_value("asymmetric_best").run()
-    assert at.table[0].value.loc["Standard 1L", "Routed PPL (per token)"] != pytest.approx(7.0)
+    assert charts.headline_table(at).loc["Standard 1L", "Routed PPL (per token)"] != pytest.approx(7.0)
     assert not at.warning
 
 
@@ -91,42 +91,45 @@ def test_ppl_vs_compute_shows_one_corpus_at_a_time(app_env):
 
 
 def test_model_choice_is_kept_across_pages(app_env):
-    at = open_page("pages/home.py")
-    at.selectbox(key="home_model").set_value("standard_3l")
-    at.slider(key="home_threshold").set_value(0.5).run()
+    at = open_page("pages/generate.py")
+    at.selectbox(key="gen_model").set_value("standard_3l")
+    at.slider(key="gen_threshold").set_value(0.5).run()
     at.switch_page("pages/token_routing.py").run()
     assert at.selectbox(key="routing_model").value == "standard_3l"
-    assert at.slider(key="routing_threshold").value == 0.5
+    assert charts.start_threshold(charts.vega_charts(at)[0]) == 0.5  # the chart's own slider starts there
 
 
-def test_threshold_slider_changes_shallow_pct(app_env):
+def test_routing_chart_holds_every_threshold_of_its_slider(app_env):
     at = open_page("pages/token_routing.py")
-    shallow = {}
-    for threshold in (0.0, 1.0):
-        at.slider(key="routing_threshold").set_value(threshold).run()
-        assert not at.exception and not errors(at)
-        shallow[threshold] = next(m.value for m in at.metric if m.label == "Shallow%")
-    assert shallow[0.0] == "100.0%"
-    assert shallow[0.0] != shallow[1.0]
+    chart = charts.vega_charts(at)[0]
+    slider = next(p for p in charts.spec(chart)["params"] if p["name"] == "threshold")
+    assert slider["bind"]["input"] == "range" and slider["bind"]["step"] == 0.01  # moved in the browser
+    numbers = charts.frame_with(chart, "label")
+    shallow = numbers[numbers["label"] == "Shallow%"].set_index("position")["value"]
+    assert list(shallow.index) == list(range(101))  # every position of the slider
+    assert shallow[0] == "100.0%" and shallow[0] != shallow[100]
+    paths = charts.frame_with(chart, "piece")["exit_index"]
+    assert paths.min() == -2 and paths.max() <= 100  # context token, then each token's last shallow position
 
 
-def test_heatmap_escapes_user_text(app_env):
+def test_routed_text_is_data_not_markup(app_env):
     at = open_page("pages/token_routing.py")
-    at.text_area(key="routing_text").set_value("Hello <script>alert(1)</script> & <b>bold</b> world").run()
+    at.text_area(key="routing_text").set_value("Hello <script>alert(1)</script> & <b>bold</b>\x00 world").run()
     assert not at.exception and not errors(at)
     rendered = [h.value for h in at.get("html")] + [m.value for m in at.markdown]
     assert not any("<script" in r.lower() or "<b>" in r for r in rendered)
-    heatmap = next(h.value for h in at.get("html") if "routed-text" in h.value)
-    visible = re.sub(r"<[^>]+>", "", re.sub(r'<span class="tip">.*?</span>', "", heatmap, flags=re.S))
-    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in visible
+    drawn, _ = charts.routing_paths(at)  # drawn as text marks, never parsed as HTML
+    assert "<script>alert(1)</script> & <b>bold</b>\\x00 world" in drawn  # the NUL shown as an escape
 
 
 def test_compare_two_models_side_by_side(app_env):
     at = open_page("pages/token_routing.py")
     at.selectbox(key="routing_compare").set_value("standard_3l").run()
     assert not at.exception and not errors(at)
-    assert [s.value for s in at.subheader] == ["asymmetric_best", "standard_3l"]
-    assert len([m for m in at.metric if m.label == "Shallow%"]) == 2
+    chart = charts.vega_charts(at)[0]
+    titles = [part.get("title", {}).get("text") for part in charts.spec(chart)["hconcat"]]
+    assert titles == ["asymmetric_best", "standard_3l"]  # one panel each, one slider for both
+    assert len([f for f in charts.frames(chart) if "piece" in f.columns]) == 2
 
 
 def test_ppl_vs_compute_uses_sweep_and_records(app_env):
@@ -284,16 +287,16 @@ def test_shipped_checkpoints_give_every_preset_real_numbers(shipped_env):
     assert sorted(at.selectbox(key="home_model").options) == shipped
     for name in ("asymmetric_best", "tinystories-asymmetric_best"):
         at.selectbox(key="home_model").set_value(name).run()
-        table = at.table[0].value
+        table = charts.headline_table(at)
         row = table.iloc[0]
         assert 1 < row["Routed PPL (per token)"] < 1000 and 0 < row["Shallow%"] < 100
         if name == "asymmetric_best":  # retrained with bits per byte in its sweep
             assert 0.5 < row["bits/byte"] < 4
         assert list(table.index[1:]) == ["Standard 1L", "Standard 3L"] and not at.warning  # same-corpus baselines
-    at.slider(key="home_threshold").set_value(0.5).run()  # the two regimes: few vs most tokens confident
-    assert at.table[0].value.iloc[0]["Shallow%"] > 50
+    # the two regimes at 0.5 (the chart's slider moved there): few vs most tokens confident
+    assert charts.headline_table(at, 0.5).iloc[0]["Shallow%"] > 50
     at.selectbox(key="home_model").set_value("asymmetric_best").run()
-    assert at.table[0].value.iloc[0]["Shallow%"] < 20
+    assert charts.headline_table(at, 0.5).iloc[0]["Shallow%"] < 20
     at.switch_page("pages/ppl_vs_compute.py").run()  # reads the shipped sweeps, no forward pass needed
     assert not at.exception and not errors(at)
 
@@ -309,7 +312,12 @@ def test_research_page_renders_the_committed_report(shipped_env):
 def test_lens_page_opens_any_token_and_refuses_bad_text(app_env):
     at = open_page("pages/lens.py")
     assert not errors(at)
-    assert {c.proto.id for c in at.get("plotly_chart")} and len(at.get("plotly_chart")) == 3
+    assert {c.proto.id for c in at.get("plotly_chart")} and len(at.get("plotly_chart")) == 2  # lens, settling depth
+    views = charts.vega_charts(at)[0]  # the threshold's views, moved by their own slider in the browser
+    summary = charts.frame_with(views, "text").set_index("position")["text"]
+    assert list(summary.index) == list(range(101)) and "100% take the shallow path" in summary[0]
+    rates = charts.frame_with(views, "rate")
+    assert set(rates["position"]) == set(range(101)) and rates["rate"].between(0, 100).all()
     token = at.selectbox(key="lens_token")
     token.set_value(3).run()
     table = at.dataframe[-1].value
@@ -348,19 +356,20 @@ def test_calibration_page_falls_back_to_deep_only_when_nothing_is_certified(app_
 
 
 def test_threshold_follows_the_model_until_it_is_moved(app_env):
-    at = open_page("pages/home.py")
-    first = at.slider(key="home_threshold").value
-    at.selectbox(key="home_model").set_value("standard_3l").run()
-    followed = at.slider(key="home_threshold").value  # standard_3l's own default
-    at.slider(key="home_threshold").set_value(0.42).run()
-    at.selectbox(key="home_model").set_value("asymmetric_best").run()
-    assert at.slider(key="home_threshold").value == 0.42  # moved by hand: kept
+    at = open_page("pages/generate.py")
+    first = at.slider(key="gen_threshold").value
+    at.selectbox(key="gen_model").set_value("standard_3l").run()
+    followed = at.slider(key="gen_threshold").value  # standard_3l's own default
+    at.slider(key="gen_threshold").set_value(0.42).run()
+    at.selectbox(key="gen_model").set_value("asymmetric_best").run()
+    assert at.slider(key="gen_threshold").value == 0.42  # moved by hand: kept
     assert 0.0 <= first <= 1.0 and 0.0 <= followed <= 1.0
+    at.switch_page("pages/home.py").run()  # the charts' own sliders start from it
+    assert charts.start_threshold(charts.vega_charts(at)[0]) == 0.42
 
 
 def heatmap_paths(at: AppTest) -> set[str]:
-    heatmap = next(h.value for h in at.get("html") if "routed-text" in h.value)
-    return set(re.findall(r'class="tok (shallow|deep)"', heatmap))
+    return charts.routing_paths(at)[1]
 
 
 def test_first_launch_shows_tokens_taking_both_paths(shipped_env):
@@ -368,16 +377,17 @@ def test_first_launch_shows_tokens_taking_both_paths(shipped_env):
     assert not errors(at)
     name = at.selectbox(key="routing_model").value
     assert name.endswith("asymmetric_best")
-    assert heatmap_paths(at) == {"shallow", "deep"}, at.slider(key="routing_threshold").value
+    assert heatmap_paths(at) == {"shallow", "deep"}
     for other in ("asymmetric_best", "tinystories-asymmetric_best"):  # either regime: the defaults follow the model
         at.selectbox(key="routing_model").set_value(other).run()
-        assert not errors(at) and heatmap_paths(at) == {"shallow", "deep"}, (other, at.slider(key="routing_threshold").value)
+        assert not errors(at) and heatmap_paths(at) == {"shallow", "deep"}, other
     assert any("Regime" in c.value for c in at.caption)
 
 
 def test_shipped_checkpoint_has_lens_and_calibration_views(shipped_env):
     at = open_page("pages/lens.py")
-    assert not errors(at) and len(at.get("plotly_chart")) == 3
+    assert not errors(at) and len(at.get("plotly_chart")) == 2 and len(charts.vega_charts(at)) == 1
+    assert set(charts.frame_with(charts.vega_charts(at)[0], "rate")["source"]) == {"this text", "test split"}
     at.switch_page("pages/calibration.py").run()
     assert not at.exception and not errors(at)
     table = at.dataframe[0].value

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import zipfile
 
+import charts
 import pytest
 from test_app import errors, open_page
 
@@ -29,12 +30,12 @@ def test_adapters_show_their_curve_and_route_text(app_env, adapters_folder):
     at = open_page("pages/home.py")
     at.selectbox(key="home_model").set_value(adapters_folder.name).run()
     assert not at.exception and not errors(at)
-    assert 1 < at.table[0].value.iloc[0]["Routed PPL (per token)"] < 1e4
+    assert 1 < charts.headline_table(at).iloc[0]["Routed PPL (per token)"] < 1e4
     assert any("exit adapters at layers 1, 2" in c.value for c in at.caption)
     at.switch_page("pages/token_routing.py").run()
     assert not at.exception and not errors(at)
-    heatmap = next(h.value for h in at.get("html") if "routed-text" in h.value)
-    assert "exit after layer 1" in heatmap
+    assert any("exit after layer 1" in c.value for c in at.caption)  # the adapters' first exit routes
+    assert charts.routing_paths(at)[0]
     at.switch_page("pages/ppl_vs_compute.py").run()
     assert not at.exception and not errors(at)
 
@@ -71,7 +72,8 @@ def test_a_fetched_model_is_offered_as_hf_name(app_env, hf_world, monkeypatch):
     assert "hf:tiny" in at.selectbox(key="routing_model").options
     at.selectbox(key="routing_model").set_value("hf:tiny").run()
     assert not at.exception and not errors(at)
-    shallow = next(m.value for m in at.metric if m.label == "Shallow%")
-    assert float(shallow.rstrip("%")) >= 0
+    numbers = charts.frame_with(charts.vega_charts(at)[0], "label")
+    shallow = numbers[numbers["label"] == "Shallow%"].set_index("position")["value"]
+    assert shallow[0] == "100.0%" and float(shallow[100].rstrip("%")) >= 0
     at.switch_page("pages/home.py").run()  # no corpus, no curve: one line, no traceback
     assert not at.exception and len(errors(at)) == 1 and "train exit adapters" in errors(at)[0]

@@ -125,15 +125,32 @@ def test_page_loads_without_errors(app_url, browser, name):
 
 def test_hovering_a_token_shows_its_tooltip(app_url, browser):
     page = load(browser, f"{app_url}/token_routing")
-    token = page.locator(".routed-text .tok.deep, .routed-text .tok.shallow").nth(3)
-    tip = token.locator(".tip")
-    assert not tip.is_visible()
-    token.hover()
+    token = page.locator(".vega-embed g.mark-rect path").nth(3)  # the text's boxes come first in the chart
+    token.wait_for(state="visible", timeout=30_000)
+    token.hover(force=True)  # its text, drawn over the box, shows the same tooltip
+    tip = page.locator("#vg-tooltip-element")
     tip.wait_for(state="visible", timeout=5_000)
     text = tip.inner_text()
     assert "path" in text and "NLL" in text and "exit 1 (shallow)" in text and "exit 3 (deep)" in text
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "token_routing_tooltip.png"))
+    page.close()
+
+
+def test_the_routing_slider_recolours_tokens_in_the_browser(app_url, browser):
+    """The chart's own slider: pressed to 0, every token is shallow; to 1, fewer are; no page rerun."""
+    page = load(browser, f"{app_url}/token_routing")
+    slider = page.locator('.vega-bindings input[type="range"]').first
+    colours = "() => Array.from(document.querySelectorAll('.vega-embed g.mark-rect')[0].querySelectorAll('path')).map(p => p.getAttribute('fill'))"
+    slider.focus()
+    page.keyboard.press("Home")
+    page.wait_for_timeout(300)
+    at_zero = page.evaluate(colours)
+    page.keyboard.press("End")
+    page.wait_for_timeout(300)
+    at_one = page.evaluate(colours)
+    assert page.locator('[data-testid="stApp"]').get_attribute("data-test-script-state") != "running"
+    assert len(set(at_zero[1:])) == 1 and at_zero != at_one  # all shallow at 0 (the first token is context)
     page.close()
 
 

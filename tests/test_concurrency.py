@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import charts
 from parallel_apptest import parallel_apptest
 from streamlit.testing.v1 import AppTest
 from test_app import APP, errors
@@ -27,12 +27,9 @@ def settings(i: int) -> dict:
     )
 
 
-def heatmap_text(at: AppTest) -> tuple[str, set[str]]:
-    """The visible text of the routed-token heatmap, and the thresholds its tooltips compare against."""
-    heatmap = next(h.value for h in at.get("html") if "routed-text" in h.value)
-    tokens = heatmap.split('<div class="routed-text">', 1)[1]
-    visible = re.sub(r"<[^>]+>", "", re.sub(r'<span class="tip">.*?</span>', "", tokens, flags=re.S))
-    return visible, set(re.findall(r"(?:≥|&lt;) (\d\.\d\d)", heatmap))
+def heatmap_text(at: AppTest) -> tuple[str, float]:
+    """The text the Token routing chart draws, and the threshold its slider starts at."""
+    return charts.routing_paths(at)[0], charts.start_threshold(charts.vega_charts(at)[0])
 
 
 def user(i: int, corpus: bytes, barrier: threading.Barrier) -> None:
@@ -75,17 +72,18 @@ def session(i: int, corpus: bytes, barrier: threading.Barrier) -> None:
     picker = at.selectbox(key="routing_model")
     assert {settings(j)["name"] for j in range(USERS)} <= set(picker.options)
     picker.set_value(me["name"])
-    at.text_area(key="routing_text").set_value(me["text"])
-    at.slider(key="routing_threshold").set_value(me["threshold"]).run()
+    at.session_state["threshold"] = me["threshold"]  # as the calibration page's "use this threshold" sets it
+    at.session_state["threshold_auto"] = False
+    at.text_area(key="routing_text").set_value(me["text"]).run()
     assert not at.exception and not errors(at), errors(at)
 
     assert at.session_state["model"] == me["name"]
     assert at.session_state["threshold"] == me["threshold"]
     assert at.text_area(key="routing_text").value == me["text"]
     assert any(f"d_model {me['d_model']};" in c.value for c in at.caption), "the caption describes this user's model"
-    visible, thresholds = heatmap_text(at)
+    visible, threshold = heatmap_text(at)
     assert visible == me["text"]
-    assert thresholds == {f"{me['threshold']:.2f}"}
+    assert threshold == me["threshold"]
     assert not any(w in visible for w in WORDS if w != WORDS[i])
 
 
