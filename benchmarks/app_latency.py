@@ -10,6 +10,7 @@ is paused while measuring (/work/bin/pause-training, resumed on exit).
 
     python benchmarks/app_latency.py                                   # this checkout
     python benchmarks/app_latency.py --root /tmp/routed-old --root .   # two checkouts side by side, one pause
+    python benchmarks/app_latency.py --pages token_routing,lens --text-file story.txt   # a longer text
 """
 
 from __future__ import annotations
@@ -90,10 +91,16 @@ def threshold_input(page):
     return bound.first if bound.count() else None
 
 
-def measure_page(browser, url: str, presses: int, quiet_ms: int) -> list[float] | None:
+def measure_page(browser, url: str, presses: int, quiet_ms: int, text: str | None = None) -> list[float] | None:
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
     page.goto(url)
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"] h1', timeout=120_000)
+    area = page.locator('[data-testid="stTextArea"] textarea')
+    if text is not None and area.count():  # route this text instead of the default one
+        area.first.fill(text)
+        area.first.press("Control+Enter")
+        page.wait_for_timeout(500)
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"] h1', timeout=300_000)
     page.wait_for_timeout(3000)  # charts draw after the script ends
     control = threshold_input(page)
     if control is None:
@@ -127,7 +134,8 @@ def measure_checkout(root: Path, args) -> None:
                     if PAGES[name] and not (root / "pages" / f"{name}.py").exists():
                         print(f"| {name} | (no such page in this checkout) | | |")
                         continue
-                    times = measure_page(browser, f"http://127.0.0.1:{port}/{PAGES[name]}", args.presses, args.quiet_ms)
+                    text = args.text_file.read_text(encoding="utf-8") if args.text_file else None
+                    times = measure_page(browser, f"http://127.0.0.1:{port}/{PAGES[name]}", args.presses, args.quiet_ms, text)
                     if times is None:
                         print(f"| {name} | (no threshold slider) | | |")
                         continue
@@ -146,6 +154,7 @@ def main() -> None:
     parser.add_argument("--quiet-ms", type=int, default=800, help="no mutation for this long: the page has settled")
     parser.add_argument("--pages", default=",".join(PAGES))
     parser.add_argument("--no-pause", action="store_true", help="leave background training running")
+    parser.add_argument("--text-file", type=Path, help="route this text on the pages with a text box (default: theirs)")
     args = parser.parse_args()
 
     paused = not args.no_pause and os.access(PAUSE, os.X_OK)
