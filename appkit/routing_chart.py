@@ -134,7 +134,7 @@ def histogram_chart(tables: SliderTables, measure: str, width: float):
     )
     rule = (alt.Chart(pd.DataFrame({"one": [1]})).transform_calculate(threshold=f"{POSITION} / 100")
             .mark_rule(color="black", strokeDash=[4, 3]).encode(x="threshold:Q"))
-    return (bars + rule).properties(width=width, height=200, title=f"bins of {BIN:g}")
+    return (bars + rule).properties(width=width, height=200, title=f"First-exit confidence of these tokens (bins of {BIN:g})")
 
 
 def routing_chart(panels: dict[str, SliderTables], threshold: float, measure: str, line_chars: int = 100):
