@@ -175,9 +175,10 @@ def convergence_section(out: Path, results: dict, figure: str | None) -> tuple[l
             provisional |= c["status"] != "converged" and name in NOTES_RANKING
     write_csv(out / "convergence.csv", rows)
     lines = ["## 1. Convergence", "",
-             "Every run has the same token budget. A run has converged when it passed its best validation loss, or when "
-             "its last fifth of training improved validation PPL by less than 1% (under a cosine schedule the last step "
-             "is nearly always the best, so 'best step = last step' alone says nothing). Best weights are kept.", ""]
+             "Every run has the same token budget. A run has converged when its last fifth of training improved "
+             "validation PPL by less than 1%; where its best step falls is not enough (under a cosine schedule the last "
+             "step is nearly always the best, and a last validation a hair above the best is noise). Best weights are "
+             "kept.", ""]
     bad = [r for r in rows if r["status"] != "converged"]
     lines.append(f"{len(rows) - len(bad)} of {len(rows)} runs converged." + (
         " Not converged: " + ", ".join(f"{r['run']} s{r['seed']} ({r['status']}, +{r['tail_gain_pct']:.1f}% over the last fifth)"

@@ -76,7 +76,10 @@ def test_a_run_stopped_before_its_validation_flattens_is_flagged():
     assert convergence(flat)["status"] == "converged" and convergence(flat)["tail_gain_pct"] < 1
     passed_best = _history([300, 200, 150, 120, 100, 101, 102, 103])
     result = convergence(passed_best)
-    assert result["status"] == "converged" and result["best_step"] == 500
+    assert result["status"] == "converged" and result["best_step"] == 500  # overfitting gains nothing at the end
+    noisy_end = _history([300, 200, 150, 120, 100, 96, 94, 92, 89.5, 89.6])  # best one step early, still falling
+    result = convergence(noisy_end)
+    assert result["best_step"] == 900 and result["tail_gain_pct"] > 1 and result["status"] == "not converged"
     assert convergence([])["status"] == "no validation"
 
 
