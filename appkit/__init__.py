@@ -17,7 +17,6 @@ from appkit.lens_charts import COLOUR_BY, LENS_TOKENS, lens_heatmap, settling_ch
 from appkit.lens_slider import lens_slider_chart, position_table, summary_table
 from appkit.loaders import (
     alpha_of,
-    at_threshold,
     baseline,
     baseline_names,
     baselines,
@@ -54,7 +53,7 @@ from appkit.widgets import (
 __all__ = [
     "AXES", "BASELINES", "COLOUR_BY", "DEEP", "GENERATE_MODES", "LENS_TOKENS", "MAX_UPLOAD_MB",
     "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT", "SHALLOW", "alpha_chart", "alpha_of", "alpha_surface",
-    "at_threshold", "baseline", "baseline_names", "baselines", "checkpoint", "checkpoint_names",
+    "baseline", "baseline_names", "baselines", "checkpoint", "checkpoint_names",
     "checkpoint_problems", "compute_chart", "config", "corpus_of", "corpus_options", "curve",
     "default_model", "default_text", "default_threshold", "describe", "diagnostics", "ece_table",
     "exit_index", "exits_of", "generate_modes", "generated_html", "guarantee_figure", "headline_chart", "headline_frame", "history_chart",

@@ -175,13 +175,6 @@ def _curve(name: str, stamp: tuple) -> pd.DataFrame | str:
     return pd.DataFrame(rows).sort_values("threshold", ignore_index=True)
 
 
-def at_threshold(records, threshold: float, measure: str) -> dict:
-    """The sweep numbers of records at one threshold, as floats."""
-    from routed.sweep import sweep
-
-    return {k: float(v[0]) for k, v in sweep(records, [threshold], measure).items()}
-
-
 def curve(name: str) -> pd.DataFrame:
     """Routed PPL, Shallow%, Compute%, FLOPs% (and shallow/deep/oracle PPL) over all thresholds."""
     if _is_pretrained(name):
