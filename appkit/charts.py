@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from appkit.loaders import pareto_front, row_at
+from appkit.slider_grid import GRID, grid_index
 from appkit.style import DEEP, MODEL_COLOURS, SHALLOW
 
 
@@ -46,12 +47,22 @@ def _thin(curve: pd.DataFrame, max_points: int = 200) -> pd.DataFrame:
 
 
 THRESHOLD_PARAM = "threshold"
+POSITION = f"round({THRESHOLD_PARAM} * 100)"  # the slider's position, as appkit.slider_grid.grid_index
+SLIDER_LABEL = "Threshold (confidence ≥ threshold → shallow) "
+
+
+def threshold_param(threshold: float):
+    """The chart parameter `threshold`, bound to a slider of the grid's positions, starting nearest `threshold`."""
+    import altair as alt
+
+    return alt.param(name=THRESHOLD_PARAM, value=float(GRID[grid_index(threshold)]),
+                     bind=alt.binding_range(min=0, max=1, step=0.01, name=SLIDER_LABEL))
 
 
 def on_slider_grid(frame: pd.DataFrame) -> pd.DataFrame:
     """The sweep rows nearest to the thresholds 0, 0.01, ..., 1 (what the chart's own slider can reach)."""
-    rows = [row_at(frame, t) for t in np.round(np.linspace(0.0, 1.0, 101), 2)]
-    return pd.DataFrame(rows).assign(slider=np.round(np.linspace(0.0, 1.0, 101), 2))
+    rows = [row_at(frame, float(t)) for t in GRID]
+    return pd.DataFrame(rows).assign(slider=GRID)
 
 
 def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, points: dict[str, dict]):
@@ -70,9 +81,7 @@ def compute_chart(curves: dict[str, pd.DataFrame], x: str, threshold: float, poi
     # Draw at most ~200 points per curve: enough for the eye, and under Altair's 5,000-row limit for many models.
     lines = pd.concat([_thin(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
     marks = pd.concat([on_slider_grid(f).assign(model=m) for m, f in curves.items()], ignore_index=True)
-    start = float(np.clip(round(threshold, 2), 0.0, 1.0))
-    param = alt.param(name=THRESHOLD_PARAM, value=start,
-                      bind=alt.binding_range(min=0, max=1, step=0.01, name="Threshold (confidence ≥ threshold → shallow) "))
+    param = threshold_param(threshold)
     oracle = pd.DataFrame(
         [
             {"model": m, x: f[x].agg(e), "routed_ppl": f["oracle_ppl"].iloc[0]}
@@ -141,7 +150,7 @@ def alpha_surface(curves: dict[str, pd.DataFrame], alphas: dict[str, float], x: 
     names = sorted((n for n in curves if alphas.get(n) is not None), key=lambda n: (alphas[n], n))
     labels = [f"α={alphas[n]:.2f} · {n}" for n in names]
     if x == "threshold":
-        columns = np.round(np.linspace(0.0, 1.0, 101), 2)
+        columns = GRID
         z = [[row_at(curves[n], t)["routed_ppl"] for t in columns] for n in names]
         other = [[row_at(curves[n], t)["compute_pct"] for t in columns] for n in names]
         hover = "threshold %{x:.2f}<br>%{y}<br>routed PPL %{z:.3f}<br>Compute% %{customdata:.1f}<extra></extra>"

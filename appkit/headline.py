@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from appkit.charts import THRESHOLD_PARAM, on_slider_grid
-from appkit.routing_chart import POSITION, SLIDER_LABEL
+from appkit.charts import POSITION, on_slider_grid, threshold_param
 from appkit.slider_grid import GRID, grid_index
 from routed.sweep import DENSE_EXECUTION
 
@@ -54,8 +53,7 @@ def headline_chart(frame: pd.DataFrame, threshold: float):
     long["x"] = [label_px + column_px * [f for _, f, _ in COLUMNS].index(f) for f in long["field"]]
     header = pd.DataFrame([{"text": title.replace(" (", "\n("), "x": label_px + column_px * k}
                            for k, (title, _, _) in enumerate(COLUMNS)])
-    param = alt.param(name=THRESHOLD_PARAM, value=float(GRID[grid_index(threshold)]),
-                      bind=alt.binding_range(min=0, max=1, step=0.01, name=SLIDER_LABEL))
+    param = threshold_param(threshold)
     x = alt.X("x:Q", scale=None, axis=None)
     rows = alt.Chart(long).transform_filter(f"datum.position == {POSITION} || datum.position == -1")
     labels = rows.transform_filter("datum.field == 'routed_ppl'")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from appkit.charts import THRESHOLD_PARAM
+from appkit.charts import POSITION, threshold_param
 from appkit.lens_charts import split_exit_rate, text_exit_rate
-from appkit.routing_chart import POSITION, SLIDER_LABEL, exits_chart
-from appkit.slider_grid import GRID, SliderTables, grid_index
+from appkit.routing_chart import exits_chart
+from appkit.slider_grid import GRID, SliderTables
 from appkit.style import DEEP, SHALLOW
 
 BUCKETS = 16
@@ -54,8 +54,7 @@ def lens_slider_chart(tokens: list[str], index: np.ndarray, start: int, summary:
     slider's threshold (the slider under the chart starts at `threshold`)."""
     import altair as alt
 
-    param = alt.param(name=THRESHOLD_PARAM, value=float(GRID[grid_index(threshold)]),
-                      bind=alt.binding_range(min=0, max=1, step=0.01, name=SLIDER_LABEL))
+    param = threshold_param(threshold)
     strip = pd.DataFrame({"token": [str(start + k + 1) for k in range(len(tokens))], "label": tokens,
                           "exit_index": index, "order": range(len(tokens))})
     line = (alt.Chart(summary).transform_filter(f"datum.position == {POSITION}")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from appkit.charts import THRESHOLD_PARAM
-from appkit.slider_grid import BIN, GRID, SliderTables, grid_index
+from appkit.charts import POSITION, threshold_param
+from appkit.slider_grid import BIN, SliderTables
 from appkit.style import DEEP, SHALLOW
 
-POSITION = f"round({THRESHOLD_PARAM} * 100)"  # the slider's position, as appkit.slider_grid.grid_index
 CHAR_PX, LINE_PX, FONT = 7.9, 22, "ui-monospace, Menlo, Consolas, monospace"
-SLIDER_LABEL = "Threshold (confidence ≥ threshold → shallow) "
 
 
 def layout(tokens: pd.DataFrame, line_chars: int) -> pd.DataFrame:
@@ -141,9 +139,7 @@ def routing_chart(panels: dict[str, SliderTables], threshold: float, measure: st
     """One panel per model (side by side), all moved by one slider that starts at `threshold`."""
     import altair as alt
 
-    start = float(GRID[grid_index(threshold)])
-    param = alt.param(name=THRESHOLD_PARAM, value=start,
-                      bind=alt.binding_range(min=0, max=1, step=0.01, name=SLIDER_LABEL))
+    param = threshold_param(threshold)
     per_line = line_chars if len(panels) == 1 else max(30, line_chars // len(panels) - 4)
     columns = []
     for name, tables in panels.items():
