@@ -152,6 +152,13 @@ def claims(results: dict, blocks: dict) -> list[dict]:
         if base:
             rows.append(_seeds_claim("LPT improves a plain 3-layer model (no routing)", ppl("lpt"), base,
                                      "LPT last exit vs Standard 3L", windows("lpt"), windows("standard_3l")))
+    for schedule in sorted(n for n in results if n.startswith("alpha_") and "to" in n):
+        start, end = schedule.removeprefix("alpha_").split("to")
+        for fixed, alpha in (("asymmetric_best", "0.7"), ("standard_routing", "0.5")):
+            if fixed in results:
+                rows.append(_seeds_claim(f"a dynamic alpha ({start} → {end}) beats fixed alpha {alpha} (at matched 65% compute)",
+                                         at_compute(schedule, 65.0), at_compute(fixed, 65.0),
+                                         f"PPL at 65% Compute, schedule {start} → {end} vs alpha {alpha}"))
     for name in ("standard_routing", "lpt"):
         row = _threshold_claim(results, name, blocks)
         if row:

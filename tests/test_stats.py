@@ -133,3 +133,24 @@ def test_a_single_seed_claim_is_paired_over_test_windows(gap, expected):
     row = next(r for r in rows if r["claim"] == "the best routed model beats Standard 1L")
     assert row["verdict"] == expected and "test windows only" in row["test"] and row["unit"] == "nats/token"
     assert row["ci_low"] < gap < row["ci_high"] or abs(row["effect"] - gap) < 0.02
+
+
+def _seeded_curve(seed: int, ppl_at_65: float) -> dict:
+    return {"seed": seed, "n_layers": 3, "curve": {"threshold": np.array([0.5, 0.95]), "compute_pct": np.array([40.0, 90.0]),
+                                                   "routed_ppl": np.array([ppl_at_65 + 1.0, ppl_at_65 - 1.0])}}
+
+
+@pytest.mark.parametrize("gap, expected", [(-0.5, "held"), (0.5, "contradicted")])
+def test_a_dynamic_alpha_is_compared_with_fixed_alphas_seed_by_seed(gap, expected):
+    from routed.verdicts import claims
+
+    seed_level = {0: 30.0, 1: 31.0, 2: 29.5}  # seeds differ more than the gap; pairing removes that
+    noise = {0: 0.01, 1: -0.02, 2: 0.015}
+    fixed = [_seeded_curve(s, level) for s, level in seed_level.items()]
+    schedule = [_seeded_curve(s, level + gap + noise[s]) for s, level in seed_level.items()]
+    rows = claims({"asymmetric_best": fixed, "standard_routing": fixed, "alpha_0.9to0.5": schedule}, {})
+    dynamic = [r for r in rows if r["claim"].startswith("a dynamic alpha (0.9 → 0.5)")]
+    assert {r["claim"].split("fixed alpha ")[1].split(" ")[0] for r in dynamic} == {"0.7", "0.5"}
+    for row in dynamic:
+        assert row["verdict"] == expected and row["n"] == 3 and row["test"].startswith("paired t")
+        assert row["ci_low"] < gap < row["ci_high"] and abs(row["effect"] - gap) < 0.05
