@@ -139,30 +139,40 @@ def prepare(settings: ReproduceSettings, out: Path):
 
 
 def train_run(run: Run, seed: int, settings: ReproduceSettings, corpus, tokenizer, ids, run_dir: Path, log) -> None:
-    """Train one run and save its checkpoint and train.json (history, best step, time)."""
-    from routed.checkpoint import save_trained
+    """Train one run and save its checkpoint and train.json (history, best step, time).
+
+    The training state is saved at every validation (OUT/runs/<run>/.checkpoint.resume), so a run that was
+    stopped part-way continues from its last validation, with the result of an uninterrupted run.
+    """
+    from routed.checkpoint import save_trained, train_state_path
+    from routed.folders import TRAIN_STATE, remove_owned
     from routed.train import train
 
     model_config = replace(settings.model_config(), n_layers=run.n_layers, vocab_size=tokenizer.get_vocab_size())
     train_config = train_config_of(run, seed, settings)
-    start, last_print = time.perf_counter(), [0.0]
+    start, last_print, trained_s = time.perf_counter(), [0.0], [0.0]
 
     def on_progress(p):
         now = time.perf_counter()
+        trained_s[0] = p.elapsed_s  # counts the time before a resume too
         if p.validation or now - last_print[0] > 60:
             last_print[0] = now
             val = f" val PPL {'/'.join(f'{v:.1f}' for v in p.validation['val_ppl'].values())}" if p.validation else ""
             log(f"  {run.name} s{seed}: step {p.step}/{p.total_steps} loss {p.train_loss:.3f} "
                 f"{p.tokens_per_s:,.0f} tok/s ETA {p.eta_s / 60:.1f} min{val}")
 
+    state = train_state_path(run_dir / "checkpoint")
+    if (state / "state.json").is_file():
+        log(f"  {run.name} s{seed}: resuming the interrupted training saved in {state}")
     result = train(model_config, train_config, corpus, tokenizer=tokenizer,
-                   encoded=(ids["train"], ids["validation"]), on_progress=on_progress)
+                   encoded=(ids["train"], ids["validation"]), on_progress=on_progress, state_dir=state, resume=True)
     if result.diverged:
         raise RuntimeError(f"{run.name} seed {seed}: training diverged ({result.diverged})")
     save_trained(run_dir / "checkpoint", result, extra={"preset": run.name})
+    remove_owned(state, TRAIN_STATE.files)  # finished: nothing left to resume
     info = {"run": run.name, "seed": seed, "steps": result.history[-1]["step"] if result.history else 0,
             "best_step": result.best_step, "stopped_early": result.stopped_early,
-            "train_s": time.perf_counter() - start, "history": result.history}
+            "train_s": max(trained_s[0], time.perf_counter() - start), "history": result.history}
     write_json(run_dir / "train.json", info)
 
 

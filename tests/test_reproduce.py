@@ -1,8 +1,11 @@
 """The reproduction command in miniature: every preset over two seeds, report, resume, export."""
 
 import csv
+import json
+import re
 
 import pytest
+import torch
 
 from routed.checkpoint import list_checkpoints, load_checkpoint, read_sweep
 from routed.config import PRESETS
@@ -118,3 +121,45 @@ def test_the_alpha_sweep_holds_fixed_alphas_and_a_schedule():
     schedule = runs["alpha_0.9to0.5"]
     assert schedule.layer_weights == {1: 0.9, 3: 0.1} and schedule.final_layer_weights == {1: 0.5, 3: 0.5}
     assert "alpha_0.9to0.5" not in {r.name for r in planned_runs(ReproduceSettings(alphas=False))}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_run_stopped_part_way_resumes_from_its_last_validation(tmp_path, monkeypatch):
+    import routed.checkpoint
+    from routed.checkpoint import train_state_path
+    from routed.reproduce import prepare, train_run
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(repetitive_text(lines=800), encoding="utf-8")
+    settings = ReproduceSettings(corpus=str(corpus), seeds=1, steps=30, quick=True, alphas=False)
+    loaded = prepare(settings, tmp_path)
+    run = next(r for r in planned_runs(settings) if r.name == "asymmetric_best")
+    whole, parted = tmp_path / "whole", tmp_path / "parted"
+    train_run(run, 0, settings, *loaded, whole, log=lambda line: None)
+
+    real_save = routed.checkpoint.save_train_state
+
+    def save_then_die(*args, **kwargs):  # a kill right after the step-15 state reached the disk
+        real_save(*args, **kwargs)
+        raise Interrupted
+
+    monkeypatch.setattr(routed.checkpoint, "save_train_state", save_then_die)
+    with pytest.raises(Interrupted):
+        train_run(run, 0, settings, *loaded, parted, log=lambda line: None)
+    state = train_state_path(parted / "checkpoint")
+    assert (state / "state.json").is_file() and not (parted / "train.json").exists()
+    monkeypatch.setattr(routed.checkpoint, "save_train_state", real_save)
+
+    logs: list[str] = []
+    train_run(run, 0, settings, *loaded, parted, log=logs.append)
+    assert any("resuming" in line for line in logs)
+    steps = [int(m.group(1)) for line in logs if (m := re.search(r"step (\d+)/30", line))]
+    assert steps and min(steps) == 16  # steps 1-15 were not trained again
+    assert not state.exists()  # finished: the state is removed
+    a, b = load_checkpoint(whole / "checkpoint").model.state_dict(), load_checkpoint(parted / "checkpoint").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    history = [h["step"] for h in json.loads((parted / "train.json").read_text())["history"]]
+    assert history == [15, 30]
