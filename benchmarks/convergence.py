@@ -49,6 +49,31 @@ def run_budget(args, corpus, tokenizer, ids, epochs, steps, path: Path) -> dict:
     return record
 
 
+def reproduction_records(reports: Path, preset: str = "standard_3l", seed: int = 0) -> list[dict]:
+    """The same runs trained inside the reproductions (REPORTS/reproduction*/runs/<preset>-s<seed>/train.json):
+    one more budget each, at the default size and the same training settings."""
+    from routed.config import ModelConfig
+
+    records = []
+    for folder in sorted(reports.glob("reproduction*/")):
+        train_json, settings_json = folder / "runs" / f"{preset}-s{seed}" / "train.json", folder / "settings.json"
+        if not (train_json.is_file() and settings_json.is_file()):
+            continue
+        settings, run = json.loads(settings_json.read_text()), json.loads(train_json.read_text())
+        if settings.get("quick") or settings.get("d_model") or settings.get("n_heads"):
+            continue
+        last = str(max(int(k) for k in run["history"][-1]["val_ppl"]))
+        curve = [{"step": h["step"], "tokens": h["tokens"], "val_ppl": h["val_ppl"][last]} for h in run["history"]]
+        records.append({
+            "corpus": settings["corpus"], "preset": preset, "seed": seed, "epochs": settings.get("epochs"),
+            "steps": curve[-1]["step"], "vocab_size": settings.get("vocab_size") or ModelConfig().vocab_size,
+            "final_val_ppl": curve[-1]["val_ppl"], "best_val_ppl": min(c["val_ppl"] for c in curve),
+            "best_step": run["best_step"], "train_s": run["train_s"], "curve": curve,
+            "source": f"{folder.name}/", "stopped_early": run.get("stopped_early", False),
+        })
+    return records
+
+
 def write_report(out: Path) -> Path:
     """reports/convergence.md (beside OUT) and one figure per corpus: final PPL per budget and the curves."""
     import matplotlib
@@ -58,7 +83,8 @@ def write_report(out: Path) -> Path:
 
     from routed.convergence import convergence
 
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    records = [{**json.loads(p.read_text()), "source": "this benchmark"} for p in sorted(out.glob("*.json"))]
+    records += reproduction_records(out.parent)
     groups: dict[tuple, list] = {}
     for r in records:
         groups.setdefault((r["corpus"], r["preset"], r["vocab_size"]), []).append(r)
@@ -66,12 +92,14 @@ def write_report(out: Path) -> Path:
              "Each row is one run of the preset with its own warm-up and cosine schedule over the whole budget "
              "(seed 0, default size, validation on the first 65,536 validation tokens, corpus markers as single "
              "tokens). Command: `ROUTED_DATA_DIR=../shared/data python benchmarks/convergence.py --corpus CORPUS "
-             "--epochs ... | --steps ...` (then `--report`).", ""]
+             "--epochs ... | --steps ...` (then `--report`). Rows trained in a `reproduction*/` folder are that "
+             "reproduction's seed-0 run of the preset: the same training, except that it stops after 3 validations "
+             "without improvement (none did unless marked).", ""]
     for (corpus, preset, vocab), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["curve"][-1]["tokens"])
         lines += [f"## {corpus}, {preset}, vocabulary {vocab}", "",
                   "| budget | steps | tokens (M) | final val PPL | best val PPL (step) | gain over the budget before | "
-                  "last fifth gained | minutes |", "|---|---|---|---|---|---|---|---|"]
+                  "last fifth gained | minutes | trained in |", "|---|---|---|---|---|---|---|---|---|"]
         previous = None
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for r in rs:
@@ -80,7 +108,8 @@ def write_report(out: Path) -> Path:
             tail = convergence(history)["tail_gain_pct"]
             gain = f"{100 * (previous / r['final_val_ppl'] - 1):.1f}%" if previous else "–"
             lines.append(f"| {budget} | {r['steps']} | {r['curve'][-1]['tokens'] / 1e6:.1f} | {r['final_val_ppl']:.2f} | "
-                         f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {gain} | {tail:.1f}% | {r['train_s'] / 60:.1f} |")
+                         f"{r['best_val_ppl']:.2f} ({r['best_step']}) | {gain} | {tail:.1f}% | {r['train_s'] / 60:.1f} | "
+                         f"{r['source']}{' (stopped early)' if r.get('stopped_early') else ''} |")
             previous = r["final_val_ppl"]
             ax.plot([c["tokens"] / 1e6 for c in r["curve"]], [c["val_ppl"] for c in r["curve"]], label=budget)
         ax.set_yscale("log")
