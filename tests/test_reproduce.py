@@ -163,3 +163,21 @@ def test_a_run_stopped_part_way_resumes_from_its_last_validation(tmp_path, monke
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = [h["step"] for h in json.loads((parted / "train.json").read_text())["history"]]
     assert history == [15, 30]
+
+
+def test_the_default_budget_is_written_into_the_settings(tmp_path, monkeypatch):
+    import routed.reproduce
+    from routed.cli import main
+    from routed.reproduce import DEFAULT_EPOCHS, check_settings
+
+    seen = []
+    monkeypatch.setattr(routed.reproduce, "reproduce", lambda settings, out: seen.append(settings))
+    assert main(["reproduce", "--out", str(tmp_path / "a")]) == 0
+    assert main(["reproduce", "--steps", "100", "--out", str(tmp_path / "b")]) == 0
+    assert seen[0].epochs == DEFAULT_EPOCHS and seen[0].budget()["epochs"] == DEFAULT_EPOCHS
+    assert seen[1].epochs is None and seen[1].budget()["steps"] == 100
+    # a folder whose runs used an unstated default is not continued under another budget
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "settings.json").write_text(json.dumps({"corpus": "wikitext-2", "seeds": 3, "epochs": None}))
+    with pytest.raises(ValueError, match=f"epochs None there, {DEFAULT_EPOCHS!r} now"):
+        check_settings(tmp_path / "old", seen[0])

@@ -54,12 +54,14 @@ def check_outputs(args) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from routed.reproduce import ReproduceSettings, reproduce
+    from routed.reproduce import DEFAULT_EPOCHS, ReproduceSettings, reproduce
 
     check_outputs(args)
     schedules = [list(s) for s in args.alpha_schedule] if args.alpha_schedule else [[0.9, 0.5]]
+    # the default budget is written into settings.json, so a later default cannot change what a folder's runs mean
+    epochs = args.epochs if (args.epochs or args.steps or args.quick) else DEFAULT_EPOCHS
     settings = ReproduceSettings(
-        corpus=args.corpus or ("python-docs" if args.quick else "wikitext-2"), seeds=args.seeds, epochs=args.epochs,
+        corpus=args.corpus or ("python-docs" if args.quick else "wikitext-2"), seeds=args.seeds, epochs=epochs,
         steps=args.steps, quick=args.quick, alphas=not args.no_alphas, alpha_schedules=schedules,
         vocab_size=args.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
     )
@@ -78,7 +80,7 @@ def register(sub) -> None:
     p.add_argument("--corpus", help="default: wikitext-2 (python-docs with --quick)")
     p.add_argument("--seeds", type=int, default=3)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, help="training budget of every run (default 4, the longest measured; see reports/convergence.md)")
+    budget.add_argument("--epochs", type=float, help="training budget of every run (default 8, the longest measured on WikiText-2; see reports/convergence.md)")
     budget.add_argument("--steps", type=int)
     p.add_argument("--quick", action="store_true", help="a minutes-long miniature for smoke tests")
     p.add_argument("--no-alphas", action="store_true", help="skip the alpha sweep (fixed and scheduled alphas)")
