@@ -74,7 +74,8 @@ def _header(out: Path, settings, results: dict, session_s: float) -> list[str]:
         + (" (the 256 bytes and the corpus' marker tokens, no merges: PPL per token is PPL per byte on the marker-free "
            "tokens)" if bytes_only else "")
         + "; the corpus' markup (e.g. `<unk>`, `<|endoftext|>`) is one special token each. "
-        f"Budget: {json.dumps(settings.budget())}, the same for every run, with the same tokenizer and data order per seed.",
+        f"Budget: {json.dumps(settings.budget())}, the same for every run, with the same tokenizer and data order per seed; "
+        "no run stops early (patience null): each trains its whole budget and keeps its best validated weights.",
         "",
         "PPL is exp(mean NLL per token) over the whole test split in non-overlapping windows, **with the marker tokens "
         "left out** unless a column says 'all tokens'; bits per byte = total NLL in bits / UTF-8 bytes of the predicted "

@@ -181,3 +181,11 @@ def test_the_default_budget_is_written_into_the_settings(tmp_path, monkeypatch):
     (tmp_path / "old" / "settings.json").write_text(json.dumps({"corpus": "wikitext-2", "seeds": 3, "epochs": None}))
     with pytest.raises(ValueError, match=f"epochs None there, {DEFAULT_EPOCHS!r} now"):
         check_settings(tmp_path / "old", seen[0])
+
+
+def test_every_run_trains_its_whole_budget():
+    from routed.reproduce import train_config_of
+
+    for settings in (ReproduceSettings(), ReproduceSettings(steps=9600), ReproduceSettings(quick=True)):
+        for run in planned_runs(settings):
+            assert train_config_of(run, 0, settings).patience is None  # no early stop on validation noise
