@@ -93,8 +93,7 @@ def write_report(out: Path) -> Path:
              "(seed 0, default size, validation on the first 65,536 validation tokens, corpus markers as single "
              "tokens). Command: `ROUTED_DATA_DIR=../shared/data python benchmarks/convergence.py --corpus CORPUS "
              "--epochs ... | --steps ...` (then `--report`). Rows trained in a `reproduction*/` folder are that "
-             "reproduction's seed-0 run of the preset: the same training, except that it stops after 3 validations "
-             "without improvement (none did unless marked).", ""]
+             "reproduction's seed-0 run of the preset: the same training (none stopped early).", ""]
     for (corpus, preset, vocab), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["curve"][-1]["tokens"])
         lines += [f"## {corpus}, {preset}, vocabulary {vocab}", "",
