@@ -272,6 +272,16 @@ def compute_hypotheses(out: Path, tokenizer, test_ids, log=print) -> None:
         write_json(path, data)
 
 
+def export_source(out: Path, name: str, seed: int = 0) -> Path:
+    """The run a preset is exported from: lpt_routing reuses the lpt model (it differs only in its threshold)."""
+    return out / "runs" / f"{'lpt' if name == 'lpt_routing' else name}-s{seed}"
+
+
+def unfinished_exports(out: Path, seed: int = 0) -> list[str]:
+    """The presets whose seed-`seed` run has not finished yet."""
+    return [name for name in PRESETS if not (export_source(out, name, seed) / "result.json").exists()]
+
+
 def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -> list[Path]:
     """Copy each preset's seed-`seed` run into dest/<prefix><preset>/ with its own threshold, test sweeps,
     summary.json and diagnostics.json."""
@@ -282,7 +292,7 @@ def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -
 
     written = []
     for name, preset in PRESETS.items():
-        source = out / "runs" / f"{'lpt' if name == 'lpt_routing' else name}-s{seed}"
+        source = export_source(out, name, seed)
         if not (source / "result.json").exists():
             continue
         ckpt = load_checkpoint(source / "checkpoint")

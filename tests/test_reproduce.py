@@ -189,3 +189,28 @@ def test_every_run_trains_its_whole_budget():
     for settings in (ReproduceSettings(), ReproduceSettings(steps=9600), ReproduceSettings(quick=True)):
         for run in planned_runs(settings):
             assert train_config_of(run, 0, settings).patience is None  # no early stop on validation noise
+
+
+def test_export_only_ships_a_finished_folder_without_training(reproduced, tmp_path, capsys):
+    import shutil
+
+    from routed.cli import main
+
+    _, out, _ = reproduced
+    runs_before = sorted(p.name for p in (out / "runs").rglob("*"))
+    assert main(["reproduce", "--out", str(out), "--export", str(tmp_path / "ship"), "--export-only"]) == 0
+    assert list_checkpoints(tmp_path / "ship") == sorted(PRESETS)
+    assert sorted(p.name for p in (out / "runs").rglob("*")) == runs_before  # nothing trained, nothing added
+    # a folder where one preset's seed-0 run is unfinished is refused: the shipped set keeps one budget
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    (partial / "runs" / "lpt-s0" / "result.json").unlink()
+    capsys.readouterr()
+    assert main(["reproduce", "--out", str(partial), "--export", str(tmp_path / "ship2"), "--export-only"]) == 2
+    err = capsys.readouterr().err
+    assert "lpt, lpt_routing have not finished" in err and "Traceback" not in err
+    assert not (tmp_path / "ship2").exists()
+    assert main(["reproduce", "--out", str(partial), "--export-only"]) == 2
+    assert "name the folder" in capsys.readouterr().err
+    assert main(["reproduce", "--out", str(tmp_path / "none"), "--export", str(tmp_path / "s3"), "--export-only"]) == 2
+    assert "holds no reproduction" in capsys.readouterr().err and not (tmp_path / "none").exists()

@@ -25,6 +25,8 @@ def check_outputs(args) -> None:
         output_folder,
     )
 
+    if args.export_only and not args.export:
+        raise OutputError("export-only: name the folder to copy the models into with --export (e.g. checkpoints)")
     out = output_folder(args.out, "out")
     if os.path.lexists(out):
         if out.is_symlink() or not out.is_dir():
@@ -53,6 +55,20 @@ def check_outputs(args) -> None:
                               what="export")
 
 
+def check_exportable(out: Path) -> None:
+    """--export-only ships a folder's seed-0 runs as they are: every preset's, so that the shipped models
+    come from one budget rather than a mix of this folder's runs and older ones."""
+    from routed.folders import OutputError
+    from routed.reproduce import unfinished_exports
+
+    if not (out / "settings.json").is_file():
+        raise OutputError(f"out: {out} holds no reproduction to export; run `reproduce` with this --out first")
+    missing = unfinished_exports(out)
+    if missing:
+        raise OutputError(f"export-only: the seed-0 runs of {', '.join(missing)} have not finished in {out}; "
+                          "export once every preset's has (or drop --export-only to train them)")
+
+
 def cmd_reproduce(args) -> int:
     from routed.reproduce import DEFAULT_EPOCHS, ReproduceSettings, reproduce
 
@@ -66,7 +82,10 @@ def cmd_reproduce(args) -> int:
         vocab_size=args.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
     )
     out = Path(args.out)
-    reproduce(settings, out)
+    if args.export_only:
+        check_exportable(out)
+    else:
+        reproduce(settings, out)
     if args.export:
         from routed.reproduce import export_checkpoints
 
@@ -91,6 +110,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="reports/reproduction")
     p.add_argument("--export", help="also copy each preset's seed-0 model here (e.g. checkpoints)")
     p.add_argument("--export-prefix", default="", help="name the exported models PREFIX<preset> (e.g. tinystories-)")
+    p.add_argument("--export-only", action="store_true",
+                   help="with --export: copy the finished seed-0 runs of --out without training anything")
     p.add_argument("--force", action="store_true",
                    help="let --export replace checkpoints of the same names (only routed checkpoints are replaced)")
     p.set_defaults(func=cmd_reproduce)
