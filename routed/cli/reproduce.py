@@ -99,7 +99,7 @@ def register(sub) -> None:
     p.add_argument("--corpus", help="default: wikitext-2 (python-docs with --quick)")
     p.add_argument("--seeds", type=int, default=3)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=float, help="training budget of every run (default 8, the longest measured on WikiText-2; see reports/convergence.md)")
+    budget.add_argument("--epochs", type=float, help="training budget of every run (default 16 epochs, the longest measured on WikiText-2; see reports/convergence.md)")
     budget.add_argument("--steps", type=int)
     p.add_argument("--quick", action="store_true", help="a minutes-long miniature for smoke tests")
     p.add_argument("--no-alphas", action="store_true", help="skip the alpha sweep (fixed and scheduled alphas)")
