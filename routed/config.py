@@ -268,3 +268,8 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def trained_as(name: str) -> str:
+    """The preset whose training `name` reuses: lpt_routing is the lpt model read at another threshold."""
+    return "lpt" if name == "lpt_routing" else name

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from routed.config import trained_as
 from routed.notes import ALPHAS, MATCHED_COMPUTE, NOTES_RANKING, NOTES_THRESHOLD_TABLES, NOTES_THRESHOLDS
 from routed.stats import what_n_allows
 from routed.sweep import ppl_at
@@ -46,10 +47,6 @@ def _at_threshold(r: dict, t: float, key: str) -> float:
     return float(c[key][int(np.argmin(np.abs(c["threshold"] - t)))])
 
 
-def _source(name: str) -> str:
-    return "lpt" if name == "lpt_routing" else name
-
-
 def ranking(results: dict, settings) -> tuple[list[str], list[dict]]:
     from routed.config import PRESETS
     from routed.ledger import execution_cost
@@ -61,7 +58,7 @@ def ranking(results: dict, settings) -> tuple[list[str], list[dict]]:
               "Compute% | Shallow% | FLOPs% | shallow-only PPL | deep-only PPL | our vs 3L | seeds | converged |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (n_ppl, n_comp, n_vs) in NOTES_RANKING.items():
-        rs = results.get(_source(name), [])
+        rs = results.get(trained_as(name), [])
         if not rs:
             lines.append(f"| {name} | {n_ppl} | {n_comp}% | {n_vs:+.1f}% | (not run yet) |" + " |" * 10)
             continue

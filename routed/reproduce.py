@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from routed.config import PRESETS, ModelConfig, TrainConfig
+from routed.config import PRESETS, ModelConfig, TrainConfig, trained_as
 from routed.data import load_corpus
 from routed.notes import ALPHAS
 from routed.tokenizer import encode, load_tokenizer, train_tokenizer
@@ -78,7 +78,7 @@ def planned_runs(settings: ReproduceSettings) -> list[Run]:
     runs = [
         Run(p.name, dict(p.layer_weights), p.routing_threshold, p.n_layers)
         for p in PRESETS.values()
-        if p.name != "lpt_routing"  # the same training as lpt; only the threshold differs
+        if trained_as(p.name) == p.name  # lpt_routing is lpt's training; only the threshold differs
     ]
     if settings.alphas:
         runs += [
@@ -274,7 +274,7 @@ def compute_hypotheses(out: Path, tokenizer, test_ids, log=print) -> None:
 
 def export_source(out: Path, name: str, seed: int = 0) -> Path:
     """The run a preset is exported from: lpt_routing reuses the lpt model (it differs only in its threshold)."""
-    return out / "runs" / f"{'lpt' if name == 'lpt_routing' else name}-s{seed}"
+    return out / "runs" / f"{trained_as(name)}-s{seed}"
 
 
 def unfinished_exports(out: Path, seed: int = 0) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from routed.config import PRESETS
+from routed.config import PRESETS, trained_as
 from routed.stats import Comparison, bootstrap_mean_ci, paired_block_bootstrap, paired_t, verdict
 from routed.sweep import ppl_at
 
@@ -80,7 +80,7 @@ def _seeds_claim(claim: str, a: dict, b: dict, evidence: str, blocks_a: dict | N
 
 def preset_blocks(results: dict, blocks: dict, name: str) -> dict[int, tuple]:
     """{seed: (per-window NLL sums, tokens)} of preset `name` as `preset_ppl` reads it (markers left out)."""
-    source = "lpt" if name == "lpt_routing" else name
+    source = trained_as(name)
     threshold = PRESETS[name].routing_threshold
     out = {}
     for r in results.get(source, []):
@@ -109,7 +109,7 @@ def claims(results: dict, blocks: dict) -> list[dict]:
     rows = []
 
     def ppl(name):
-        source = "lpt" if name == "lpt_routing" else name
+        source = trained_as(name)
         return _by_seed(results, source, lambda r: preset_ppl(r, name))
 
     def windows(name):
@@ -178,7 +178,7 @@ def saves_arithmetic(results: dict) -> list[dict]:
     """Does routing at the preset threshold cost fewer FLOPs than the plain 3-layer model? (No test: a count.)"""
     rows = []
     for name in ("standard_routing", "asymmetric_best", "lpt_routing"):
-        source = "lpt" if name == "lpt_routing" else name
+        source = trained_as(name)
         if source not in results:
             continue
         t = PRESETS[name].routing_threshold
