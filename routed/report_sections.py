@@ -191,6 +191,11 @@ def convergence_section(out: Path, results: dict, figure: str | None) -> tuple[l
     return lines, provisional
 
 
+def method_and_n(row: dict) -> str:
+    """The test behind a verdict and its sample size; a dash where no test ran."""
+    return f"{row['test']}, n={row['n']}" if row["test"] else "–"
+
+
 def verdict_section(out: Path, results: dict, blocks: dict, provisional: bool) -> list[str]:
     rows = claims(results, blocks)
     counts = rows + saves_arithmetic(results)
@@ -207,7 +212,7 @@ def verdict_section(out: Path, results: dict, blocks: dict, provisional: bool) -
         ci = "–" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]"
         p = "–" if math.isnan(r["p"]) else (f"{r['p']:.2g}" if r["p"] >= 1e-4 else "< 1e-4")
         lines.append(f"| {r['claim']} | **{r['verdict']}**{' (provisional)' if provisional else ''} | {effect} | {ci} | {p} | "
-                     f"{r['test']}, n={r['n']} | {r['bootstrap_ci'] or '–'} | {r['evidence']} |")
+                     f"{method_and_n(r)} | {r['bootstrap_ci'] or '–'} | {r['evidence']} |")
     for r in saves_arithmetic(results):
         lines.append(f"| {r['claim']} | **{r['verdict']}** | | | | count, no test | | {r['evidence']} |")
     n = max((len(rs) for rs in results.values()), default=0)

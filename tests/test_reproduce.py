@@ -214,3 +214,16 @@ def test_export_only_ships_a_finished_folder_without_training(reproduced, tmp_pa
     assert "name the folder" in capsys.readouterr().err
     assert main(["reproduce", "--out", str(tmp_path / "none"), "--export", str(tmp_path / "s3"), "--export-only"]) == 2
     assert "holds no reproduction" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_a_claim_no_test_could_check_shows_a_dash_for_its_test(reproduced, tmp_path):
+    from routed.report import load_blocks, load_results
+    from routed.report_sections import verdict_section
+    _, out, _ = reproduced
+    one_seed = {name: runs[:1] for name, runs in load_results(out).items()}
+    blocks = {key: b for key, b in load_blocks(out).items() if key[1] == 0}
+    table = [line for line in verdict_section(tmp_path, one_seed, blocks, provisional=True) if "not tested" in line]
+    assert table, "one seed leaves the between-preset claims untested"
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2:6] == ["–", "–", "–", "–"]  # effect, CI, p, and no test named
