@@ -11,7 +11,8 @@ from routed.checkpoint import list_checkpoints, load_checkpoint, read_sweep
 from routed.config import PRESETS
 from routed.diagnostics import read_diagnostics
 from routed.report import report_path
-from routed.reproduce import ReproduceSettings, export_checkpoints, planned_runs, reproduce
+from routed.reproduce import ReproduceSettings, planned_runs, reproduce
+from routed.reproduce_export import export_checkpoints
 from tests.helpers import repetitive_text
 
 

@@ -59,7 +59,7 @@ def check_exportable(out: Path) -> None:
     """--export-only ships a folder's seed-0 runs as they are: every preset's, so that the shipped models
     come from one budget rather than a mix of this folder's runs and older ones."""
     from routed.folders import OutputError
-    from routed.reproduce import unfinished_exports
+    from routed.reproduce_export import unfinished_exports
 
     if not (out / "settings.json").is_file():
         raise OutputError(f"out: {out} holds no reproduction to export; run `reproduce` with this --out first")
@@ -87,7 +87,7 @@ def cmd_reproduce(args) -> int:
     else:
         reproduce(settings, out)
     if args.export:
-        from routed.reproduce import export_checkpoints
+        from routed.reproduce_export import export_checkpoints
 
         for path in export_checkpoints(out, Path(args.export), prefix=args.export_prefix):
             print(f"exported {path}")
