@@ -19,7 +19,9 @@ from routed.limits import check_memory
 from routed.loss import weighted_exit_loss
 from routed.model import RoutedTransformer
 from routed.records import exit_nll_sums
+from routed.sampler import WindowSampler
 from routed.tokenizer import TokenizerCancelled, encode, train_tokenizer
+from routed.train_state import pack_train_state, restore_train_state
 
 
 def learning_rate_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -65,37 +67,6 @@ class TrainResult:
     world: int = 1  # the number of processes that trained it
 
 
-class WindowSampler:
-    """Non-overlapping training windows in a seeded random order, reshuffled (and shifted) every epoch."""
-
-    def __init__(self, tokens: torch.Tensor, context_length: int, batch_size: int, seed: int):
-        self.tokens, self.ctx, self.batch_size = tokens, context_length, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self._order = torch.empty(0, dtype=torch.long)
-
-    def _new_epoch(self) -> None:
-        span = self.ctx + 1
-        shift = int(torch.randint(0, self.ctx, (1,), generator=self.generator)) if len(self.tokens) > 2 * span else 0
-        starts = torch.arange(shift, len(self.tokens) - span + 1, self.ctx)
-        self._order = starts[torch.randperm(len(starts), generator=self.generator)]
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(self._order) < self.batch_size:
-            carry = self._order
-            self._new_epoch()
-            self._order = torch.cat([carry, self._order])
-        starts, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
-        rows = torch.stack([self.tokens[s : s + self.ctx + 1] for s in starts.tolist()])
-        return rows[:, :-1], rows[:, 1:]
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"sampler.rng": self.generator.get_state(), "sampler.order": self._order.clone()}
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(tensors["sampler.rng"])
-        self._order = tensors["sampler.order"]
-
-
 class _ExitLoss(torch.nn.Module):
     """The universal loss as a module, so that DistributedDataParallel can wrap it and sync gradients."""
 
@@ -105,8 +76,6 @@ class _ExitLoss(torch.nn.Module):
 
     def forward(self, inputs, targets):
         return weighted_exit_loss(self.model, inputs, targets, self.layer_weights)[0]
-
-
 
 
 def train(
@@ -204,14 +173,7 @@ def train(
             raise ValueError(f"resume: the state saved in {str(state_dir)!r} is for another run "
                              f"(its {', '.join(differs)} differ); drop --resume or delete that folder")
         try:
-            model.load_state_dict(_with_tied_head({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}))
-            if any(k.startswith("best.") for k in tensors):
-                best_state = _with_tied_head({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
-            optimizer.load_state_dict(_optimizer_state(optimizer, tensors))
-            sampler.load_state(tensors)
-            torch.set_rng_state(tensors["torch.rng"])
-            if device.type == "cuda" and "cuda.rng" in tensors:
-                torch.cuda.set_rng_state(tensors["cuda.rng"], device)
+            best_state = restore_train_state(tensors, model, optimizer, sampler, device)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # a damaged or edited state
             raise ValueError(f"resume: the state saved in {str(state_dir)!r} is damaged "
                              f"({str(exc).splitlines()[0][:200]}); drop --resume or delete that folder") from None
@@ -242,12 +204,7 @@ def train(
         else:
             bad_evals += 1
         if state_dir is not None and rank == 0:
-            tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-            tensors |= {f"best.{k}": v for k, v in (best_state or {}).items() if k != "lm_head.weight"}
-            tensors |= {f"adam.{i}.{name}": t for i, st in optimizer.state_dict()["state"].items() for name, t in st.items()}
-            tensors |= sampler.state() | {"torch.rng": torch.get_rng_state()}
-            if device.type == "cuda":  # dropout on the GPU draws from its own generator
-                tensors["cuda.rng"] = torch.cuda.get_rng_state(device)
+            tensors = pack_train_state(model, best_state, optimizer, sampler, device)
             meta = {**identity, "step": step, "running": train_loss, "elapsed_s": record["elapsed_s"],
                     "best_loss": best_loss, "bad_evals": bad_evals, "best_step": result.best_step,
                     "history": result.history}
@@ -319,17 +276,3 @@ def train(
 
 def _all_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-def _with_tied_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {**state, "lm_head.weight": state["tok_emb.weight"]}  # the head is the embedding, stored once
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> dict:
-    """An optimizer state_dict rebuilt from the flat `adam.{param index}.{name}` tensors of a saved state."""
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("adam."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}

@@ -67,3 +67,45 @@ def load_train_state(path: Path | str):
     except Exception as exc:  # safetensors and UTF-8 errors; tokenizers raises a bare Exception
         raise CheckpointError(f"{where} cannot be read ({str(exc)[:200]}){afresh}") from None
     return tensors, meta, tokenizer
+
+
+def pack_train_state(model, best_state: dict | None, optimizer, sampler, device: torch.device) -> dict[str, torch.Tensor]:
+    """Everything a resumed run needs as flat tensors: weights, best weights, Adam moments, sampler and RNGs."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    tensors |= {f"best.{k}": v for k, v in (best_state or {}).items() if k != "lm_head.weight"}
+    tensors |= {f"adam.{i}.{name}": t for i, st in optimizer.state_dict()["state"].items() for name, t in st.items()}
+    tensors |= sampler.state() | {"torch.rng": torch.get_rng_state()}
+    if device.type == "cuda":  # dropout on the GPU draws from its own generator
+        tensors["cuda.rng"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def restore_train_state(tensors: dict[str, torch.Tensor], model, optimizer, sampler, device: torch.device) -> dict | None:
+    """Load what `pack_train_state` saved into the live objects; returns the best weights (None if none yet).
+
+    Raises KeyError, RuntimeError, TypeError or ValueError on a damaged or edited state.
+    """
+    model.load_state_dict(_with_tied_head({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}))
+    best_state = None
+    if any(k.startswith("best.") for k in tensors):
+        best_state = _with_tied_head({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+    optimizer.load_state_dict(_optimizer_state(optimizer, tensors))
+    sampler.load_state(tensors)
+    torch.set_rng_state(tensors["torch.rng"])
+    if device.type == "cuda" and "cuda.rng" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda.rng"], device)
+    return best_state
+
+
+def _with_tied_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {**state, "lm_head.weight": state["tok_emb.weight"]}  # the head is the embedding, stored once
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> dict:
+    """An optimizer state_dict rebuilt from the flat `adam.{param index}.{name}` tensors of a saved state."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}

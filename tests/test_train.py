@@ -13,8 +13,9 @@ from routed.data import CorpusError, split_by_position
 from routed.loss import head_cross_entropy, weighted_exit_loss
 from routed.model import RoutedTransformer
 from routed.records import exit_losses
+from routed.sampler import WindowSampler
 from routed.tokenizer import encode, train_tokenizer
-from routed.train import WindowSampler, learning_rate_at, train
+from routed.train import learning_rate_at, train
 
 # ---------------------------------------------------------------------------------------------
 # The loss
