@@ -5,8 +5,8 @@
 Trains one preset (default standard_3l, the slowest to converge) at each budget, each with its own
 warm-up and cosine schedule, and prints the final and best validation PPL of the last exit per budget
 and the validation curves. Each budget's result is written to OUT/<corpus>-<preset>-<budget>.json as it
-finishes, and finished budgets are skipped, so several processes can share the work and a stopped run
-resumes.
+finishes, and finished budgets are skipped, so several processes can share the work; a stopped budget
+resumes from its last validation.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
+from routed.claims import claim, release
 from routed.config import get_preset
 from routed.data import load_corpus
+from routed.folders import TRAIN_STATE, remove_owned
 from routed.tokenizer import encode, train_tokenizer
 from routed.train import train
 
@@ -34,18 +35,21 @@ def run_budget(args, corpus, tokenizer, ids, epochs, steps, path: Path) -> dict:
     budget = {"epochs": epochs, "steps": None} if epochs is not None else {"steps": steps}
     train_config = preset.train_config(seed=args.seed, eval_interval=args.eval_interval, patience=None, **budget)
     start = time.perf_counter()
-    result = train(model_config, train_config, corpus, tokenizer=tokenizer, encoded=ids)
+    # A stopped budget resumes from its last validation (a long budget is hours on one core).
+    state = path.with_name(f".{path.stem}.resume")
+    result = train(model_config, train_config, corpus, tokenizer=tokenizer, encoded=ids, state_dir=state, resume=True)
     last = model_config.n_layers
     curve = [{"step": h["step"], "tokens": h["tokens"], "val_ppl": h["val_ppl"][last]} for h in result.history]
     record = {
         "corpus": args.corpus, "preset": args.preset, "seed": args.seed, "epochs": epochs, "steps": curve[-1]["step"],
         "vocab_size": tokenizer.get_vocab_size(), "final_val_ppl": curve[-1]["val_ppl"],
         "best_val_ppl": min(c["val_ppl"] for c in curve), "best_step": result.best_step,
-        "train_s": time.perf_counter() - start, "curve": curve,
+        "train_s": max(result.history[-1]["elapsed_s"], time.perf_counter() - start), "curve": curve,
     }
     tmp = path.with_name(path.name + ".part")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)
+    remove_owned(state, TRAIN_STATE.files)  # finished: nothing left to resume
     return record
 
 
@@ -157,20 +161,17 @@ def main() -> None:
     size = "" if (args.d_model, args.n_heads) == (128, 4) else f"-d{args.d_model}"
     for epochs, steps in budgets:
         path = out / f"{args.corpus}-{args.preset}{size}-v{tokenizer.get_vocab_size()}-{budget_label(epochs, steps)}.json"
-        claim = path.with_name(path.name + ".claim")
+        claim_path = path.with_name(path.name + ".claim")
         if path.exists():
             record = json.loads(path.read_text())
         else:
-            try:
-                fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+            if not claim(claim_path):
                 print(f"{path.name}: being trained by another process, skipped", flush=True)
                 continue
-            os.close(fd)
             try:
                 record = run_budget(args, corpus, tokenizer, ids, epochs, steps, path)
             finally:
-                claim.unlink(missing_ok=True)
+                release(claim_path)
         print(f"{path.name}: {record['steps']} steps, final val PPL {record['final_val_ppl']:.2f}, "
               f"best {record['best_val_ppl']:.2f} at step {record['best_step']}, {record['train_s'] / 60:.1f} min",
               flush=True)

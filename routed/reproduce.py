@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from routed.claims import claim, release
 from routed.config import PRESETS, ModelConfig, TrainConfig, trained_as
 from routed.data import load_corpus
 from routed.notes import ALPHAS
@@ -187,32 +188,6 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def claim(run_dir: Path) -> bool:
-    """Atomically claim a run for this process, so several processes can share one output folder.
-
-    A claim whose process has died is taken over.
-    """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "claim"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(path.read_text() or 0)
-                os.kill(pid, 0)
-                return False  # alive: someone else's run
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # stale
-                continue
-            except PermissionError:
-                return False
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
-
-
 def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
     """Train and evaluate every scheduled run (keeping finished steps), then write the report."""
     from routed.report import write_report
@@ -230,7 +205,8 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
         if result_path.exists() and json.loads(result_path.read_text()).get("eval_version") == EVAL_VERSION:
             log(f"{tag}: done earlier, kept")
             continue
-        if not claim(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not claim(run_dir / "claim"):
             log(f"{tag}: being worked on by another process, skipped")
             continue
         try:
@@ -241,7 +217,7 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
             result = evaluate_run(run, seed, run_dir, tokenizer, ids["test"])
             write_json(result_path, result)  # written last: a run with a current result.json is complete
         finally:
-            (run_dir / "claim").unlink(missing_ok=True)
+            release(run_dir / "claim")
         log(f"{tag}: test PPL by exit {result['ppl_by_exit']} (markers left out), "
             f"trained in {result['train_s'] / 60:.1f} min")
         compute_hypotheses(out, tokenizer, ids["test"], log)  # once the seed-0 models it needs exist

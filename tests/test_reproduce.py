@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 
 import pytest
@@ -228,3 +229,21 @@ def test_a_claim_no_test_could_check_shows_a_dash_for_its_test(reproduced, tmp_p
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2:6] == ["–", "–", "–", "–"]  # effect, CI, p, and no test named
+
+
+def test_a_live_claim_is_respected_and_a_dead_ones_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from routed.claims import claim, release
+
+    path = tmp_path / "claim"
+    assert claim(path) and path.read_text() == str(os.getpid())
+    assert not claim(path), "held by a live process (this one): not taken"
+    release(path)
+    assert not path.exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(dead.stdout.strip())  # the pid of a process that has exited
+    assert claim(path) and path.read_text() == str(os.getpid()), "a dead process's claim is taken over"
+    path.write_text("")  # a claimant that died between creating the file and writing its pid
+    assert claim(path)
