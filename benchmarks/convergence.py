@@ -37,8 +37,15 @@ def run_budget(args, corpus, tokenizer, ids, epochs, steps, path: Path) -> dict:
     start = time.perf_counter()
     # A stopped budget resumes from its last validation (a long budget is hours on one core).
     state = path.with_name(f".{path.stem}.resume")
-    result = train(model_config, train_config, corpus, tokenizer=tokenizer, encoded=ids, state_dir=state, resume=True)
     last = model_config.n_layers
+
+    def on_progress(p) -> None:
+        if p.validation:  # a long budget says how far it is
+            print(f"  {path.stem}: step {p.step}/{p.total_steps} val PPL {p.validation['val_ppl'][last]:.3f} "
+                  f"ETA {p.eta_s / 60:.0f} min", flush=True)
+
+    result = train(model_config, train_config, corpus, tokenizer=tokenizer, encoded=ids, on_progress=on_progress,
+                   state_dir=state, resume=True)
     curve = [{"step": h["step"], "tokens": h["tokens"], "val_ppl": h["val_ppl"][last]} for h in result.history]
     record = {
         "corpus": args.corpus, "preset": args.preset, "seed": args.seed, "epochs": epochs, "steps": curve[-1]["step"],
