@@ -7,7 +7,10 @@ run never blocks the command that resumes it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+
+FRESH_S = 10.0  # an empty claim younger than this is being written, not abandoned
 
 
 def claim(path: Path) -> bool:
@@ -17,13 +20,16 @@ def claim(path: Path) -> bool:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                pid = int(path.read_text() or 0)
+                text = path.read_text()
+                if not text and time.time() - path.stat().st_mtime < FRESH_S:
+                    return False  # just created: its writer has not written its pid yet
+                pid = int(text or 0)
                 if pid <= 0:  # os.kill(0, ...) would signal our own process group and "succeed"
                     raise ValueError(pid)
                 os.kill(pid, 0)
                 return False  # alive: someone else's work
             except (ValueError, ProcessLookupError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # stale (or empty: its writer died before writing its pid)
+                path.unlink(missing_ok=True)  # stale (or empty and old: its writer died before writing its pid)
                 continue
             except PermissionError:  # alive, under another user
                 return False

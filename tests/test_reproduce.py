@@ -245,5 +245,8 @@ def test_a_live_claim_is_respected_and_a_dead_ones_taken_over(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     path.write_text(dead.stdout.strip())  # the pid of a process that has exited
     assert claim(path) and path.read_text() == str(os.getpid()), "a dead process's claim is taken over"
-    path.write_text("")  # a claimant that died between creating the file and writing its pid
-    assert claim(path)
+    path.write_text("")  # a claimant between creating the file and writing its pid ...
+    assert not claim(path), "a fresh empty claim is being written"
+    old = path.stat().st_mtime - 60
+    os.utime(path, (old, old))  # ... or one that died there, a minute ago
+    assert claim(path) and path.read_text() == str(os.getpid())
