@@ -13,7 +13,8 @@ from routed.report import report_path
 TABLES = {
     "verdicts.csv": "Verdicts on the notes' claims: effect (a − b), 95% CI and p of a paired test",
     "final_ranking.csv": "Final ranking: the notes against our runs (mean ± std over seeds; markers left out)",
-    "convergence.csv": "Convergence: every run's best step, and what its last fifth of training still gained",
+    "convergence.csv": "Convergence: every run's best step, what its last fifth of training still gained, and what "
+                       "training its preset on twice the tokens gained (where that was run: it then decides)",
     "threshold_standard_routing.csv": "Threshold analysis: standard routing",
     "threshold_lpt.csv": "Threshold analysis: LPT",
     "alpha_sweep.csv": "Alpha sweep (fixed alphas and schedules)",
@@ -41,6 +42,7 @@ LABELS = {  # column headers; columns not named here keep their CSV names
     "ci_high": "95% CI high",
     "bootstrap_ci": "seed bootstrap 95% CI",
     "tail_gain_pct": "last fifth gained %",
+    "doubling_gain_pct": "twice the tokens gained %",
 }
 RUNS = appkit.ROOT / "runs"  # quick reproductions go to runs/quick-<corpus>/ (git-ignored)
 

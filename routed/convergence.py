@@ -5,6 +5,10 @@ falls says little on its own: under a cosine schedule the last step is nearly al
 validation a hair above the best one is noise while the curve may still be falling (a 4,800-step TinyStories
 run was best at step 4,750 yet gained 2.5% over its last fifth). A run that overfits gains nothing over its
 last fifth, so it counts as converged by the same rule.
+
+The last fifth's gain includes the learning-rate anneal, so the rule can flag a budget that is long enough. Where
+the preset was also trained on twice the tokens (routed/budget_check.py), that doubling check decides instead:
+under 1% gained at the best validation, the budget is on the flat part of the curve; 1% or more, it is not.
 """
 
 from __future__ import annotations
@@ -33,3 +37,16 @@ def convergence(history: list[dict], tail: float = TAIL, tolerance_pct: float = 
         status = "converged" if gain_pct < tolerance_pct else "not converged"
     return {"status": status, "best_step": steps[best], "last_step": last, "tail_from_step": steps[start],
             "tail_gain_pct": gain_pct}
+
+
+def doubling_gain_pct(best_loss: float, doubled_best_loss: float) -> float:
+    """PPL gained at the best validation by training on twice the tokens, in % (negative: the longer run did worse)."""
+    return 100.0 * math.expm1(best_loss - doubled_best_loss)
+
+
+def with_budget_check(run: dict, check: dict | None, tolerance_pct: float = TOLERANCE_PCT) -> dict:
+    """A run's convergence (from `convergence`) once its preset's budget may have been checked by doubling it."""
+    if check is None or run["status"] == "no validation":
+        return {**run, "rule": "last fifth", "doubling_gain_pct": None}
+    status = "converged" if check["gain_pct"] < tolerance_pct else "not converged"
+    return {**run, "status": status, "rule": "budget doubled", "doubling_gain_pct": check["gain_pct"]}

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from routed.budget_check import budget_checks
 from routed.checkpoint import read_sweep
+from routed.convergence import with_budget_check
 
 
 def load_results(out: Path) -> dict[str, list[dict]]:
@@ -114,9 +116,14 @@ def write_report(out: Path, settings, session_s: float = 0.0) -> Path:
     from routed.config import PRESETS
 
     results = load_results(out)
+    histories = load_histories(out)
+    checks = budget_checks(out.parent / "convergence", settings, histories)
+    for name, rs in results.items():
+        for r in rs:
+            r["convergence"] = with_budget_check(r["convergence"], checks.get(name))
     lines = _header(out, settings, results, session_s)
-    figure = plots.validation_curves(out, load_histories(out)) if results else None
-    conv, provisional = sections.convergence_section(out, results, figure)
+    figure = plots.validation_curves(out, histories) if results else None
+    conv, provisional = sections.convergence_section(out, results, figure, checks)
     lines += conv
     rank_lines, rank_rows = sections.ranking(results, settings)
     lines += rank_lines

@@ -250,3 +250,36 @@ def test_a_live_claim_is_respected_and_a_dead_ones_taken_over(tmp_path):
     old = path.stat().st_mtime - 60
     os.utime(path, (old, old))  # ... or one that died there, a minute ago
     assert claim(path) and path.read_text() == str(os.getpid())
+
+
+def test_the_report_reads_a_doubled_budget_as_its_convergence_check(reproduced, tmp_path):
+    import math
+    import shutil
+
+    from routed.report import write_report
+
+    settings, out, _ = reproduced
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    cfg = settings.model_config()
+    for preset, gain_pct in (("standard_3l", 0.4), ("asymmetric_best", 3.0)):
+        info = json.loads((copy / "runs" / f"{preset}-s0" / "train.json").read_text())
+        doubled = min(h["val_loss"] for h in info["history"]) - math.log1p(gain_pct / 100)
+        record = {"corpus": settings.corpus, "preset": preset, "seed": 0, "steps": 2 * info["steps"],
+                  "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
+                  "context_length": cfg.context_length, "best_step": 2 * info["steps"],
+                  "curve": [{"step": 2 * info["steps"], "tokens": 2 * info["history"][-1]["tokens"],
+                             "val_ppl": math.exp(doubled), "val_loss": doubled}]}
+        (tmp_path / "convergence").mkdir(exist_ok=True)
+        (tmp_path / "convergence" / f"{preset}.json").write_text(json.dumps(record))
+    report = write_report(copy, settings).read_text()
+    with open(copy / "convergence.csv") as f:
+        rows = {(r["run"], r["seed"]): r for r in csv.DictReader(f)}
+    for seed in ("0", "1"):  # the seed-0 check decides for every seed of its preset
+        assert rows[("standard_3l", seed)]["status"] == "converged"
+        assert rows[("standard_3l", seed)]["rule"] == "budget doubled"
+        assert float(rows[("standard_3l", seed)]["doubling_gain_pct"]) == pytest.approx(0.4)
+        assert rows[("asymmetric_best", seed)]["status"] == "not converged"
+    assert rows[("lpt", "0")]["rule"] == "last fifth"  # no check: its own last fifth decides
+    assert "- standard_3l: twice the tokens" in report and "gained 0.40%" in report
+    assert "asymmetric_best s0 (doubling its budget gained 3.0%)" in report
