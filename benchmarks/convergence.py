@@ -131,10 +131,12 @@ def write_report(out: Path) -> Path:
             best_objective = math.exp(min(h["val_loss"] for h in history))
             gain = (f"{100 * (previous[0] / best_objective - 1):.2f}% / {100 * (previous[1] / r['final_val_ppl'] - 1):.2f}%"
                     if previous else "–")
+            ratio = r["curve"][-1]["tokens"] / previous[2] if previous else 2.0
+            gain += "" if abs(ratio - 2) < 0.05 else f" (×{ratio:.3g} the tokens)"
             lines.append(f"| {budget} | {r['steps']} | {r['curve'][-1]['tokens'] / 1e6:.1f} | {r['final_val_ppl']:.3f} | "
                          f"{r['best_val_ppl']:.3f} | {best_objective:.3f} ({r['best_step']}) | {gain} | {tail:.1f}% | "
                          f"{r['train_s'] / 60:.1f} | {r['source']}{' (stopped early)' if r.get('stopped_early') else ''} |")
-            previous = (best_objective, r["final_val_ppl"])
+            previous = (best_objective, r["final_val_ppl"], r["curve"][-1]["tokens"])
             ax.plot([c["tokens"] / 1e6 for c in r["curve"]], [c["val_ppl"] for c in r["curve"]], label=budget)
         ax.set_yscale("log")
         ax.set_xlabel("training tokens (millions)")
