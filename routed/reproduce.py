@@ -109,14 +109,20 @@ def train_config_of(run: Run, seed: int, settings: ReproduceSettings) -> TrainCo
                        routing_threshold=run.routing_threshold, seed=seed, **settings.budget())
 
 
+def saved_settings(out: Path) -> ReproduceSettings:
+    """The settings a reproduction folder's runs were made with (a ValueError where they cannot be read)."""
+    path = out / "settings.json"
+    try:
+        return ReproduceSettings(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"reproduce: {path} cannot be read ({exc}); use another --out folder") from exc
+
+
 def check_settings(out: Path, settings: ReproduceSettings) -> None:
     """Refuse to mix runs of other settings into `out`; record these settings there."""
     path = out / "settings.json"
     if path.is_file():
-        try:
-            saved = ReproduceSettings(**json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"reproduce: {path} cannot be read ({exc}); use another --out folder") from exc
+        saved = saved_settings(out)
         differs = {k: (v, settings.run_defining()[k]) for k, v in saved.run_defining().items()
                    if v != settings.run_defining()[k]}
         if differs:

@@ -256,7 +256,7 @@ def test_the_report_reads_a_doubled_budget_as_its_convergence_check(reproduced, 
     import math
     import shutil
 
-    from routed.report import write_report
+    from routed.cli import main
 
     settings, out, _ = reproduced
     copy = tmp_path / "out"
@@ -272,7 +272,8 @@ def test_the_report_reads_a_doubled_budget_as_its_convergence_check(reproduced, 
                              "val_ppl": math.exp(doubled), "val_loss": doubled}]}
         (tmp_path / "convergence").mkdir(exist_ok=True)
         (tmp_path / "convergence" / f"{preset}.json").write_text(json.dumps(record))
-    report = write_report(copy, settings).read_text()
+    assert main(["reproduce", "--out", str(copy), "--report-only"]) == 0  # what a user runs once a check lands
+    report = report_path(copy).read_text()
     with open(copy / "convergence.csv") as f:
         rows = {(r["run"], r["seed"]): r for r in csv.DictReader(f)}
     for seed in ("0", "1"):  # the seed-0 check decides for every seed of its preset
@@ -283,3 +284,18 @@ def test_the_report_reads_a_doubled_budget_as_its_convergence_check(reproduced, 
     assert rows[("lpt", "0")]["rule"] == "last fifth"  # no check: its own last fifth decides
     assert "- standard_3l: twice the tokens" in report and "gained 0.40%" in report
     assert "asymmetric_best s0 (doubling its budget gained 3.0%)" in report
+    assert sorted(p.name for p in (copy / "runs").rglob("*")) == sorted(p.name for p in (out / "runs").rglob("*"))
+
+
+def test_report_only_refuses_a_folder_without_a_reproduction(tmp_path, capsys):
+    from routed.cli import main
+
+    assert main(["reproduce", "--out", str(tmp_path / "none"), "--report-only"]) == 2
+    assert "holds no reproduction" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "settings.json").write_text('{"corpus": "x", "seeds": 1, "colour": "red"}')
+    assert main(["reproduce", "--out", str(tmp_path / "bad"), "--report-only"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "Traceback" not in err
+    assert main(["reproduce", "--out", str(tmp_path / "bad"), "--report-only", "--export", str(tmp_path)]) == 2
+    assert "drop --export" in capsys.readouterr().err

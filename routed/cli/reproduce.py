@@ -25,6 +25,8 @@ def check_outputs(args) -> None:
         output_folder,
     )
 
+    if args.report_only and (args.export or args.export_only):
+        raise OutputError("report-only: rewrites the report and trains and exports nothing; drop --export")
     if args.export_only and not args.export:
         raise OutputError("export-only: name the folder to copy the models into with --export (e.g. checkpoints)")
     out = output_folder(args.out, "out")
@@ -69,10 +71,29 @@ def check_exportable(out: Path) -> None:
                           "export once every preset's has (or drop --export-only to train them)")
 
 
+def rewrite_report(out: Path) -> Path:
+    """--report-only: OUT.md, its tables and figures again from the finished runs, with the folder's own settings
+    (e.g. once a doubled-budget check has landed in reports/convergence/), training nothing."""
+    from routed.folders import OutputError
+    from routed.report import write_report
+    from routed.reproduce import saved_settings
+
+    if not (out / "settings.json").is_file():
+        raise OutputError(f"out: {out} holds no reproduction to report on; run `reproduce` with this --out first")
+    try:
+        settings = saved_settings(out)
+    except ValueError as exc:
+        raise OutputError(str(exc)) from exc
+    return write_report(out, settings)
+
+
 def cmd_reproduce(args) -> int:
     from routed.reproduce import DEFAULT_EPOCHS, ReproduceSettings, reproduce
 
     check_outputs(args)
+    if args.report_only:
+        print(f"wrote {rewrite_report(Path(args.out))}")
+        return 0
     schedules = [list(s) for s in args.alpha_schedule] if args.alpha_schedule else [[0.9, 0.5]]
     # the default budget is written into settings.json, so a later default cannot change what a folder's runs mean
     epochs = args.epochs if (args.epochs or args.steps or args.quick) else DEFAULT_EPOCHS
@@ -112,6 +133,8 @@ def register(sub) -> None:
     p.add_argument("--export-prefix", default="", help="name the exported models PREFIX<preset> (e.g. tinystories-)")
     p.add_argument("--export-only", action="store_true",
                    help="with --export: copy the finished seed-0 runs of --out without training anything")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the report of --out from its finished runs (and any doubled-budget checks), training nothing")
     p.add_argument("--force", action="store_true",
                    help="let --export replace checkpoints of the same names (only routed checkpoints are replaced)")
     p.set_defaults(func=cmd_reproduce)
