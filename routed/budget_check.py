@@ -12,13 +12,13 @@ longer run more chances at a low validation: if anything the check errs towards 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 from routed.config import PRESETS, ModelConfig
 from routed.convergence import doubling_gain_pct
+from routed.files import MB, read_json
 
 DOUBLED = 1.99  # "twice the tokens", allowing for an epoch budget's rounding to whole steps
 
@@ -27,11 +27,13 @@ def _best_loss(curve: list[dict], preset: str) -> float | None:
     """The best validation objective of a curve; records written before the objective was kept hold only the last
     exit's PPL, which is the objective just for a single-exit preset."""
     if all("val_loss" in c for c in curve):
-        return min(c["val_loss"] for c in curve)
-    weights = {k: w for k, w in PRESETS[preset].layer_weights.items() if w}
-    if set(weights) == {PRESETS[preset].n_layers}:
-        return min(math.log(c["val_ppl"]) for c in curve)
-    return None
+        losses = [c["val_loss"] for c in curve]
+    elif {k for k, w in PRESETS[preset].layer_weights.items() if w} == {PRESETS[preset].n_layers}:
+        losses = [math.log(c["val_ppl"]) for c in curve]
+    else:
+        return None
+    finite = [v for v in losses if math.isfinite(v)]
+    return min(finite) if finite else None
 
 
 def _check(record: dict, histories: dict, model: tuple) -> dict | None:
@@ -59,7 +61,7 @@ def _records(folder: Path) -> list[dict]:
     records = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            record = json.loads(path.read_text())
+            record = read_json(path, 16 * MB, path.name)
         except (OSError, ValueError):
             continue  # a record being written, or not one of ours: no check rather than a failed report
         if isinstance(record, dict) and record.get("curve"):

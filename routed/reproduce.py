@@ -18,6 +18,7 @@ from pathlib import Path
 from routed.claims import claim, release
 from routed.config import PRESETS, ModelConfig, TrainConfig, trained_as
 from routed.data import load_corpus
+from routed.files import MB, read_json
 from routed.notes import ALPHAS
 from routed.tokenizer import encode, load_tokenizer, train_tokenizer
 
@@ -113,8 +114,8 @@ def saved_settings(out: Path) -> ReproduceSettings:
     """The settings a reproduction folder's runs were made with (a ValueError where they cannot be read)."""
     path = out / "settings.json"
     try:
-        return ReproduceSettings(**json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as exc:
+        return ReproduceSettings(**read_json(path, MB, "settings.json"))
+    except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"reproduce: {path} cannot be read ({exc}); use another --out folder") from exc
 
 
