@@ -9,6 +9,7 @@ import streamlit as st
 
 import appkit
 from routed.report import report_path
+from routed.reproduce import progress
 
 TABLES = {
     "verdicts.csv": "Verdicts on the notes' claims: effect (a − b), 95% CI and p of a paired test",
@@ -61,7 +62,9 @@ sources = {"full reproduction": main}
 sources |= {f"full reproduction ({p.name.removeprefix(main.name + '-')})": p
             for p in sorted(main.parent.glob(main.name + "-*")) if p.is_dir()}
 sources |= {f"quick run ({p.name.removeprefix('quick-')})": p for p in sorted(RUNS.glob("quick-*")) if p.is_dir()}
-label = st.radio("Tables from", list(sources), horizontal=True, key="research_source") if len(sources) > 1 else ""
+described = {k: " — ".join(filter(None, (k, progress(p)))) for k, p in sources.items()}  # budget and runs done
+label = st.selectbox("Tables from", list(sources), format_func=described.get, key="research_source") \
+    if len(sources) > 1 else ""
 folder = sources.get(label, main)
 st.caption(f"Folder: `{folder}`")
 

@@ -105,6 +105,20 @@ def schedule(settings: ReproduceSettings) -> list[tuple[Run, int]]:
     return [(r, s) for s in seeds for r in presets] + [(r, s) for s in seeds for r in alphas]
 
 
+def progress(out: Path) -> str:
+    """A reproduction folder in a few words: its corpus, budget and finished runs, e.g.
+    "wikitext-2, 16 epochs: 4 of 21 runs" ("" where the folder holds no readable settings)."""
+    try:
+        settings = saved_settings(out)
+        plan = schedule(settings)
+    except (ValueError, TypeError):
+        return ""
+    budget = settings.budget()
+    length = f"{budget['steps']:,} steps" if budget["steps"] else f"{budget['epochs']:g} epochs"
+    done = sum((out / "runs" / f"{run.name}-s{seed}" / "result.json").is_file() for run, seed in plan)
+    return f"{settings.corpus}, {length}: {done} of {len(plan)} runs"
+
+
 def train_config_of(run: Run, seed: int, settings: ReproduceSettings) -> TrainConfig:
     return TrainConfig(layer_weights=run.layer_weights, final_layer_weights=run.final_layer_weights,
                        routing_threshold=run.routing_threshold, seed=seed, **settings.budget())

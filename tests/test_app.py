@@ -167,11 +167,16 @@ def test_research_page_offers_reproductions_in_other_regimes(app_env, monkeypatc
     other = tmp_path / "reproduction-tinystories"
     other.mkdir()
     (other / "final_ranking.csv").write_text("model,ppl_mean\nstandard_1l,3.5\n", encoding="utf-8")
+    (other / "settings.json").write_text('{"corpus": "tinystories", "steps": 1200, "seeds": 2, "alphas": false}')
+    (other / "runs" / "standard_1l-s1").mkdir(parents=True)
+    (other / "runs" / "standard_1l-s1" / "result.json").write_text("{}")
     monkeypatch.setenv("ROUTED_REPORTS_DIR", str(main))
     at = open_page("pages/research.py")
     assert "asymmetric_best" in list(at.dataframe[1].value["model"])
-    source = at.radio(key="research_source")
-    assert source.options == ["full reproduction", "full reproduction (tinystories)"]
+    source = at.selectbox(key="research_source")
+    # each source says its budget and how many of its runs have finished (6 trained presets x 2 seeds)
+    assert source.options == ["full reproduction",
+                              "full reproduction (tinystories) — tinystories, 1,200 steps: 1 of 12 runs"]
     source.set_value("full reproduction (tinystories)").run()
     assert not errors(at)
     assert list(at.dataframe[0].value["model"]) == ["standard_1l"]
