@@ -194,9 +194,11 @@ def row_at(frame: pd.DataFrame, threshold: float) -> dict:
 def baseline(name: str) -> dict:
     """A checkpoint without routing: every token takes the last exit (Compute% against 3 layers)."""
     cfg = ModelConfig.from_dict(config(name)["model"])
-    ppl = float(curve(name)["deep_ppl"].iloc[0])
+    first = curve(name).iloc[0]
+    ppl = float(first["deep_ppl"])
     return {
         "routed_ppl": ppl,
+        "routed_bpb": float(first.get("deep_bpb", float("nan"))),  # NaN: a sweep written before bpb was kept
         "shallow_pct": 0.0,
         **dict(zip(("compute_pct", "flops_pct"), execution_cost(cfg, {cfg.n_layers: 1.0}, "plain"))),
         "deep_ppl": ppl,

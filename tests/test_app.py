@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def test_home_headline_table_has_baselines(app_env):
     table = charts.headline_table(at)
     assert list(table.index[1:]) == ["Standard 1L", "Standard 3L"]
     assert table.loc["Standard 1L", "Compute%"] == pytest.approx(100 / 3)
+    # every row is scored on the same test tokens and bytes, so bits/byte over ln(PPL) (tokens / bytes / ln 2) is
+    # one number for all: the baselines' bits/byte are those of the PPL beside them
+    per_row = [float(b) / math.log(float(p)) for b, p in zip(table["bits/byte"], table["Routed PPL (per token)"])]
+    assert per_row[0] > 0 and per_row == pytest.approx([per_row[0]] * 3, rel=1e-3)
     at.selectbox(key="home_model").set_value("standard_1l").run()  # Compute% is against 3 layers for any depth
     assert charts.headline_table(at).iloc[0]["Compute%"] == pytest.approx(100 / 3)
 
