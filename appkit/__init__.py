@@ -9,7 +9,7 @@ import streamlit as st
 
 from appkit.calibration_charts import ece_table, guarantee_figure, reliability_figure
 from appkit.charts import AXES, alpha_chart, alpha_surface, compute_chart, history_chart
-from appkit.defaults import default_model, default_text, default_threshold, regime
+from appkit.defaults import comparable_models, default_model, default_text, default_threshold, regime
 from appkit.generation import MODES as GENERATE_MODES
 from appkit.generation import exits_of, generate_modes, speculative_html, speed_table
 from appkit.headline import headline_chart, headline_frame, rows_at
@@ -55,7 +55,7 @@ __all__ = [
     "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT", "SHALLOW", "alpha_chart", "alpha_of", "alpha_surface",
     "baseline", "baseline_names", "baselines", "checkpoint", "checkpoint_names",
     "checkpoint_problems", "compute_chart", "config", "corpus_of", "corpus_options", "curve",
-    "default_model", "default_text", "default_threshold", "describe", "diagnostics", "ece_table",
+    "comparable_models", "default_model", "default_text", "default_threshold", "describe", "diagnostics", "ece_table",
     "exit_index", "exits_of", "generate_modes", "generated_html", "guarantee_figure", "headline_chart", "headline_frame", "history_chart",
     "job_queue", "lens_heatmap", "lens_slider_chart", "lens_text", "model_picker", "pareto_front", "position_table", "ppl_at", "refresh_checkpoints",
     "regime", "regime_caption", "reliability_figure", "reports_dir", "routed_text", "routing_chart", "row_at", "rows_at", "save_upload",

@@ -66,6 +66,23 @@ def default_model(names: list[str]) -> str | None:
     return candidates[0] if candidates else (names[0] if names else None)
 
 
+def _shape(name: str) -> tuple | None:
+    try:
+        model = config(name)["model"]
+        return model["n_layers"], model["d_model"], model["n_heads"], model["context_length"]
+    except (ValueError, OSError, KeyError, TypeError):
+        return None
+
+
+def comparable_models(names: list[str], reference: str | None) -> list[str]:
+    """The names of the reference's size (layers, width, heads, context): the models a comparison starts from,
+    so that a model of another size (e.g. a speed demonstration) is there to add but not drawn by default."""
+    shape = _shape(reference) if reference else None
+    if shape is None:
+        return list(names)
+    return [n for n in names if _shape(n) == shape]
+
+
 def default_threshold(name: str | None) -> float:
     """The highest 0.01-step threshold that still sends at least SHALLOW_TARGET% of test tokens shallow."""
     try:

@@ -31,6 +31,8 @@ corpus = st.selectbox(
 names = [n for n in names if corpora.get(n) == corpus]  # damaged ones were reported above
 baseline_names = appkit.baseline_names(corpus)
 routed = [n for n in names if n not in baseline_names.values()] or names
+# Drawn at first: the routed models of Standard 3L's size, the comparison the page is for; others can be added.
+routed = appkit.comparable_models(routed, baseline_names.get("Standard 3L")) or routed
 selected = st.multiselect("Checkpoints", names, default=routed[: len(appkit.MODEL_COLOURS)], key="curve_models")
 chosen = st.session_state.get("model")
 shown = chosen if chosen in names else next((n for n in selected if n in names), None)

@@ -81,6 +81,22 @@ def test_home_baselines_come_from_the_models_corpus(app_env):
     assert not at.warning
 
 
+def test_ppl_vs_compute_starts_from_models_of_standard_3ls_size(app_env):
+    import json
+    import shutil
+
+    wider = app_env.checkpoints / "wide-asymmetric_best"  # another size: offered, not drawn at first
+    shutil.copytree(app_env.checkpoints / "asymmetric_best", wider)
+    config = json.loads((wider / "config.json").read_text())
+    config["model"]["n_heads"] *= 2
+    (wider / "config.json").write_text(json.dumps(config))
+    at = open_page("pages/ppl_vs_compute.py")
+    assert not errors(at)
+    models = at.multiselect(key="curve_models")
+    assert "wide-asymmetric_best" in models.options
+    assert models.value == ["asymmetric_best"]
+
+
 def test_ppl_vs_compute_shows_one_corpus_at_a_time(app_env):
     add_checkpoints_on_another_corpus(app_env.checkpoints)
     at = open_page("pages/ppl_vs_compute.py")
