@@ -64,30 +64,14 @@ def run_budget(args, corpus, tokenizer, ids, epochs, steps, path: Path) -> dict:
     return record
 
 
-def reproduction_records(reports: Path, preset: str = "standard_3l", seed: int = 0) -> list[dict]:
-    """The same runs trained inside the reproductions (REPORTS/reproduction*/runs/<preset>-s<seed>/train.json):
-    one more budget each, at the default size and the same training settings."""
+def default_size_runs(reports: Path, preset: str) -> list[dict]:
+    """The preset's seed-0 runs trained in the reproductions at the default size: one more budget each."""
+    from routed.budget_check import reproduction_records
     from routed.config import ModelConfig
 
-    records = []
-    for folder in sorted(reports.glob("reproduction*/")):
-        train_json, settings_json = folder / "runs" / f"{preset}-s{seed}" / "train.json", folder / "settings.json"
-        if not (train_json.is_file() and settings_json.is_file()):
-            continue
-        settings, run = json.loads(settings_json.read_text()), json.loads(train_json.read_text())
-        if settings.get("quick") or settings.get("d_model") or settings.get("n_heads"):
-            continue
-        last = str(max(int(k) for k in run["history"][-1]["val_ppl"]))
-        curve = [{"step": h["step"], "tokens": h["tokens"], "val_ppl": h["val_ppl"][last], "val_loss": h["val_loss"],
-                  "val_ppl_by_exit": h["val_ppl"]} for h in run["history"]]
-        records.append({
-            "corpus": settings["corpus"], "preset": preset, "seed": seed, "epochs": settings.get("epochs"),
-            "steps": curve[-1]["step"], "vocab_size": settings.get("vocab_size") or ModelConfig().vocab_size,
-            "final_val_ppl": curve[-1]["val_ppl"], "best_val_ppl": min(c["val_ppl"] for c in curve),
-            "best_step": run["best_step"], "train_s": run["train_s"], "curve": curve,
-            "source": f"{folder.name}/", "stopped_early": run.get("stopped_early", False),
-        })
-    return records
+    default = ModelConfig()
+    return [r for r in reproduction_records(reports, preset)
+            if not r["quick"] and (r["d_model"], r["n_heads"]) == (default.d_model, default.n_heads)]
 
 
 def write_report(out: Path) -> Path:
@@ -101,7 +85,7 @@ def write_report(out: Path) -> Path:
 
     records = [{**json.loads(p.read_text()), "source": "this benchmark"} for p in sorted(out.glob("*.json"))]
     for preset in sorted({"standard_3l"} | {r["preset"] for r in records}):
-        records += reproduction_records(out.parent, preset)
+        records += default_size_runs(out.parent, preset)
     groups: dict[tuple, list] = {}
     for r in records:
         groups.setdefault((r["corpus"], r["preset"], r["vocab_size"]), []).append(r)
@@ -120,7 +104,7 @@ def write_report(out: Path) -> Path:
                   "| budget | steps | tokens (M) | final val PPL | best val PPL | best objective PPL (step) | "
                   "gain over the budget before: best objective / final | last fifth gained | minutes | trained in |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        previous = None
+        shorter: list[tuple] = []  # (best objective, final val PPL, tokens) of each row so far
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for r in rs:
             budget = f"{r['epochs']:g} epochs" if r.get("epochs") else f"{r['steps']} steps"
@@ -129,14 +113,18 @@ def write_report(out: Path) -> Path:
             history = [{"step": c["step"], "val_loss": c.get("val_loss", math.log(c["val_ppl"]))} for c in r["curve"]]
             tail = convergence(history)["tail_gain_pct"]
             best_objective = math.exp(min(h["val_loss"] for h in history))
+            tokens = r["curve"][-1]["tokens"]
+            # against the last shorter budget: a second run of the same budget (a reproduction's, validated on
+            # another interval) is no budget before
+            previous = next((row for row in reversed(shorter) if row[2] < 0.99 * tokens), None)
             gain = (f"{100 * (previous[0] / best_objective - 1):.2f}% / {100 * (previous[1] / r['final_val_ppl'] - 1):.2f}%"
                     if previous else "–")
-            ratio = r["curve"][-1]["tokens"] / previous[2] if previous else 2.0
+            ratio = tokens / previous[2] if previous else 2.0
             gain += "" if abs(ratio - 2) < 0.05 else f" (×{ratio:.3g} the tokens)"
             lines.append(f"| {budget} | {r['steps']} | {r['curve'][-1]['tokens'] / 1e6:.1f} | {r['final_val_ppl']:.3f} | "
                          f"{r['best_val_ppl']:.3f} | {best_objective:.3f} ({r['best_step']}) | {gain} | {tail:.1f}% | "
                          f"{r['train_s'] / 60:.1f} | {r['source']}{' (stopped early)' if r.get('stopped_early') else ''} |")
-            previous = (best_objective, r["final_val_ppl"], r["curve"][-1]["tokens"])
+            shorter.append((best_objective, r["final_val_ppl"], tokens))
             ax.plot([c["tokens"] / 1e6 for c in r["curve"]], [c["val_ppl"] for c in r["curve"]], label=budget)
         ax.set_yscale("log")
         ax.set_xlabel("training tokens (millions)")

@@ -62,12 +62,15 @@ def command_of(settings, out: Path) -> str:
     return ("ROUTED_DATA_DIR=../shared/data " if local else "") + command + f" --out {out}"
 
 
-def _header(out: Path, settings, results: dict, session_s: float) -> list[str]:
+def _header(out: Path, settings, results: dict, session_s: float | None) -> list[str]:
     cfg = settings.model_config()
     done = {name: len(rs) for name, rs in results.items()}
     train_min = sum(r["train_s"] for rs in results.values() for r in rs) / 60
     tokens = next((rs[0] for rs in results.values() if rs), None)
     bytes_only = cfg.vocab_size <= 256 + 8
+    # what the runs did, read from them: runs trained before every run had to finish its budget had a patience rule
+    budget = {k: v for k, v in settings.budget().items() if k != "patience"}
+    stopped = [f"{r['run']} s{r['seed']}" for rs in results.values() for r in rs if r.get("stopped_early")]
     lines = [
         "# Reproduction of the research notes' tables", "",
         f"Command: `{command_of(settings, out)}`", "",
@@ -76,8 +79,10 @@ def _header(out: Path, settings, results: dict, session_s: float) -> list[str]:
         + (" (the 256 bytes and the corpus' marker tokens, no merges: PPL per token is PPL per byte on the marker-free "
            "tokens)" if bytes_only else "")
         + "; the corpus' markup (e.g. `<unk>`, `<|endoftext|>`) is one special token each. "
-        f"Budget: {json.dumps(settings.budget())}, the same for every run, with the same tokenizer and data order per seed; "
-        "no run stops early (patience null): each trains its whole budget and keeps its best validated weights.",
+        f"Budget: {json.dumps(budget)}, the same for every run, with the same tokenizer and data order per seed; "
+        + (f"{len(stopped)} run(s) stopped early on the patience rule ({', '.join(stopped)}); the others trained their whole "
+           "budget" if stopped else "every run trained its whole budget (none stopped early)")
+        + " and kept its best validated weights.",
         "",
         "PPL is exp(mean NLL per token) over the whole test split in non-overlapping windows, **with the marker tokens "
         "left out** unless a column says 'all tokens'; bits per byte = total NLL in bits / UTF-8 bytes of the predicted "
@@ -87,7 +92,7 @@ def _header(out: Path, settings, results: dict, session_s: float) -> list[str]:
         + (f"; test split: {tokens['test_tokens']:,} tokens without markers ({tokens['test_tokens_all']:,} with), "
            f"{tokens['test_bytes']:,} bytes" if tokens else "") + ".", "",
     ]
-    if session_s:
+    if session_s is not None:
         lines += [f"Wall time of the last reproduce invocation: {session_s / 60:.1f} min.", ""]
     return lines
 
@@ -109,7 +114,7 @@ def _regime_lines(results: dict) -> list[str]:
     return (["## 8. Regime", ""] + lines + [""]) if lines else []
 
 
-def write_report(out: Path, settings, session_s: float = 0.0) -> Path:
+def write_report(out: Path, settings, session_s: float | None = None) -> Path:
     """Write OUT.md and the CSVs and figures in OUT from the finished runs; returns the markdown's path."""
     from routed import report_plots as plots
     from routed import report_sections as sections
@@ -117,7 +122,7 @@ def write_report(out: Path, settings, session_s: float = 0.0) -> Path:
 
     results = load_results(out)
     histories = load_histories(out)
-    checks = budget_checks(out.parent / "convergence", settings, histories)
+    checks = budget_checks(out.parent / "convergence", settings, histories, reproductions=out.parent)
     for name, rs in results.items():
         for r in rs:
             r["convergence"] = with_budget_check(r["convergence"], checks.get(name))

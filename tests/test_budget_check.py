@@ -50,7 +50,7 @@ def test_a_record_on_twice_the_tokens_of_the_same_model_is_the_check(tmp_path):
     folder = tmp_path / "convergence"
     histories = {("standard_3l", 0): _history(1000, [4.0, 3.0, 2.5]), ("asymmetric_best", 0): _history(1000, [4.0, 3.0])}
     _write(folder, "a.json", _record("standard_3l", 2000, 2.49))
-    _write(folder, "b.json", _record("standard_3l", 4000, 2.30))  # longer still: the shortest doubling is the check
+    _write(folder, "b.json", _record("standard_3l", 4000, 2.30))  # 4 times the tokens: no doubling check
     _write(folder, "c.json", _record("asymmetric_best", 1500, 2.0))  # 1.5 times the tokens: no check
     checks = budget_checks(folder, SETTINGS, histories)
     assert set(checks) == {"standard_3l"}
@@ -82,3 +82,56 @@ def test_an_old_record_of_a_single_exit_preset_reads_its_last_exit(tmp_path):
     checks = budget_checks(folder, SETTINGS, {("standard_3l", 0): _history(1000, [3.0, 2.5])})
     assert checks["standard_3l"]["gain_pct"] == pytest.approx(100 * (2.5 / 2.6 - 1))
     assert with_budget_check({"status": "not converged"}, checks["standard_3l"])["status"] == "converged"
+
+
+def _reproduction(reports, name: str, steps: int, runs: dict) -> None:
+    """A reproduction folder with the seed-0 train.json of each run: {run: (tokens, [val PPL per validation])}."""
+    from dataclasses import asdict, replace
+
+    folder = reports / name
+    _write(folder, "settings.json", asdict(replace(SETTINGS, steps=steps)))
+    for run, (tokens, ppls) in runs.items():
+        history = [{**h, "val_ppl": {"3": math.exp(h["val_loss"])}} for h in _history(tokens, ppls)]
+        (folder / "runs" / f"{run}-s0").mkdir(parents=True)
+        _write(folder / "runs" / f"{run}-s0", "train.json",
+               {"run": run, "seed": 0, "steps": steps, "best_step": steps, "train_s": 1.0, "history": history})
+
+
+def test_a_reproduction_at_twice_the_budget_is_a_check(tmp_path):
+    histories = {(p, 0): _history(1000, [3.0, 2.5]) for p in ("standard_3l", "lpt", "asymmetric_best")}
+    _reproduction(tmp_path, "reproduction-long", 200, {"standard_3l": (2000, [2.6, 2.48]), "lpt": (2000, [2.6, 2.0])})
+    _reproduction(tmp_path, "reproduction-longer", 800, {"asymmetric_best": (8000, [2.0, 1.5])})  # 8 times: none
+    _write(tmp_path / "reproduction-long" / "runs" / "lpt-s0", "train.json", '{"history": [')  # being written
+    _write(tmp_path / "convergence", "a.json", _record("standard_3l", 2000, 2.45))  # the benchmark's comes first
+    checks = budget_checks(tmp_path / "convergence", SETTINGS, histories, reproductions=tmp_path)
+    assert set(checks) == {"standard_3l"}
+    assert checks["standard_3l"]["record"] == "convergence/a.json"
+    (tmp_path / "convergence" / "a.json").unlink()
+    check = budget_checks(tmp_path / "convergence", SETTINGS, histories, reproductions=tmp_path)["standard_3l"]
+    assert check["record"] == "reproduction-long/runs/standard_3l-s0/train.json"
+    assert check["gain_pct"] == pytest.approx(100 * (2.5 / 2.48 - 1)) and check["doubled_tokens"] == 2000
+    assert budget_checks(tmp_path / "convergence", SETTINGS, histories) == {}  # reproductions only when asked
+
+
+def test_the_convergence_benchmark_compares_each_budget_with_a_shorter_one(tmp_path):
+    """Two runs of one budget (the benchmark's and a reproduction's) are each compared with the budget before,
+    never with each other."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "convergence_benchmark", Path(__file__).resolve().parent.parent / "benchmarks" / "convergence.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / "convergence"
+    out.mkdir()
+    for name, tokens, ppl in (("short", 1000, 3.0), ("long", 2000, 2.5), ("long-again", 2000, 2.4)):
+        record = _record("lpt", tokens, ppl, final_val_ppl=ppl, best_val_ppl=ppl, train_s=60.0, epochs=None)
+        (out / f"{name}.json").write_text(json.dumps(record), encoding="utf-8")
+    rows = [line.split(" | ") for line in benchmark.write_report(out).read_text(encoding="utf-8").splitlines()
+            if line.startswith("| 20 steps")]
+    assert len(rows) == 3
+    by_ppl = {row[3]: row[6] for row in rows}
+    assert by_ppl["3.000"] == "–"
+    assert by_ppl["2.500"] == "20.00% / 20.00%"  # 3.0 / 2.5 - 1
+    assert by_ppl["2.400"] == "25.00% / 25.00%"  # 3.0 / 2.4 - 1, not 2.5 / 2.4 - 1

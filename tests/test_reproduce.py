@@ -272,8 +272,11 @@ def test_the_report_reads_a_doubled_budget_as_its_convergence_check(reproduced, 
                              "val_ppl": math.exp(doubled), "val_loss": doubled}]}
         (tmp_path / "convergence").mkdir(exist_ok=True)
         (tmp_path / "convergence" / f"{preset}.json").write_text(json.dumps(record))
+    shutil.copy(report_path(out), report_path(copy))
+    wall_time = next(line for line in report_path(copy).read_text().splitlines() if line.startswith("Wall time"))
     assert main(["reproduce", "--out", str(copy), "--report-only"]) == 0  # what a user runs once a check lands
     report = report_path(copy).read_text()
+    assert wall_time in report.splitlines()  # the training invocation's time stays: rewriting trained nothing
     with open(copy / "convergence.csv") as f:
         rows = {(r["run"], r["seed"]): r for r in csv.DictReader(f)}
     for seed in ("0", "1"):  # the seed-0 check decides for every seed of its preset

@@ -75,7 +75,7 @@ def rewrite_report(out: Path) -> Path:
     """--report-only: OUT.md, its tables and figures again from the finished runs, with the folder's own settings
     (e.g. once a doubled-budget check has landed in reports/convergence/), training nothing."""
     from routed.folders import OutputError
-    from routed.report import write_report
+    from routed.report import report_path, write_report
     from routed.reproduce import saved_settings
 
     if not (out / "settings.json").is_file():
@@ -84,7 +84,20 @@ def rewrite_report(out: Path) -> Path:
         settings = saved_settings(out)
     except ValueError as exc:
         raise OutputError(str(exc)) from exc
-    return write_report(out, settings)
+    return write_report(out, settings, session_s=stated_wall_time(report_path(out)))
+
+
+def stated_wall_time(report: Path) -> float | None:
+    """The wall time (s) of the last invocation that trained, as the report states it (None where it does not):
+    rewriting the report trains nothing, so that figure still describes the runs."""
+    import re
+
+    try:
+        found = re.search(r"^Wall time of the last reproduce invocation: ([0-9.]+) min\.$",
+                          report.read_text(encoding="utf-8"), re.MULTILINE)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return float(found.group(1)) * 60 if found else None
 
 
 def cmd_reproduce(args) -> int:
