@@ -83,8 +83,11 @@ def write_report(out: Path) -> Path:
 
     from routed.convergence import convergence
 
+    from routed.config import PRESETS, trained_as
+
     records = [{**json.loads(p.read_text()), "source": "this benchmark"} for p in sorted(out.glob("*.json"))]
-    for preset in sorted({"standard_3l"} | {r["preset"] for r in records}):
+    # every trained preset: one doubling check may come from the reproductions alone (Standard 1L's did)
+    for preset in sorted({trained_as(name) for name in PRESETS}):
         records += default_size_runs(out.parent, preset)
     groups: dict[tuple, list] = {}
     for r in records:

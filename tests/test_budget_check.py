@@ -113,9 +113,7 @@ def test_a_reproduction_at_twice_the_budget_is_a_check(tmp_path):
     assert budget_checks(tmp_path / "convergence", SETTINGS, histories) == {}  # reproductions only when asked
 
 
-def test_the_convergence_benchmark_compares_each_budget_with_a_shorter_one(tmp_path):
-    """Two runs of one budget (the benchmark's and a reproduction's) are each compared with the budget before,
-    never with each other."""
+def _convergence_benchmark():
     import importlib.util
     from pathlib import Path
 
@@ -123,6 +121,13 @@ def test_the_convergence_benchmark_compares_each_budget_with_a_shorter_one(tmp_p
         "convergence_benchmark", Path(__file__).resolve().parent.parent / "benchmarks" / "convergence.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_the_convergence_benchmark_compares_each_budget_with_a_shorter_one(tmp_path):
+    """Two runs of one budget (the benchmark's and a reproduction's) are each compared with the budget before,
+    never with each other."""
+    benchmark = _convergence_benchmark()
     out = tmp_path / "convergence"
     out.mkdir()
     for name, tokens, ppl in (("short", 1000, 3.0), ("long", 2000, 2.5), ("long-again", 2000, 2.4)):
@@ -135,3 +140,16 @@ def test_the_convergence_benchmark_compares_each_budget_with_a_shorter_one(tmp_p
     assert by_ppl["3.000"] == "–"
     assert by_ppl["2.500"] == "20.00% / 20.00%"  # 3.0 / 2.5 - 1
     assert by_ppl["2.400"] == "25.00% / 25.00%"  # 3.0 / 2.4 - 1, not 2.5 / 2.4 - 1
+
+
+def test_the_convergence_benchmark_shows_presets_trained_only_in_reproductions(tmp_path):
+    """A doubling check that comes from two reproductions alone (no benchmark record of the preset) is shown too."""
+    out = tmp_path / "convergence"
+    out.mkdir()
+    _reproduction(tmp_path, "reproduction-short", 100, {"standard_1l": (1000, [3.5, 3.0])})
+    _reproduction(tmp_path, "reproduction-long", 200, {"standard_1l": (2000, [3.5, 2.5])})
+    text = _convergence_benchmark().write_report(out).read_text(encoding="utf-8")
+    assert "## tinystories, standard_1l, vocabulary 258" in text
+    rows = [line.split(" | ") for line in text.splitlines() if "| reproduction-" in line]
+    assert [(row[-1], row[6]) for row in rows] == [("reproduction-short/ |", "–"),
+                                                  ("reproduction-long/ |", "20.00% / 20.00%")]  # 3.0 / 2.5 - 1
