@@ -41,6 +41,7 @@ from appkit.tokens import generated_html
 from appkit.uploads import MAX_UPLOAD_MB, corpus_options, save_upload
 from appkit.views import diagnostics, lens_text, routed_text, slider_tables
 from appkit.widgets import (
+    chosen_model,
     model_picker,
     regime_caption,
     show_problems,
@@ -54,7 +55,7 @@ __all__ = [
     "AXES", "BASELINES", "COLOUR_BY", "DEEP", "GENERATE_MODES", "LENS_TOKENS", "MAX_UPLOAD_MB",
     "MODEL_COLOURS", "NOTES_THRESHOLDS", "ROOT", "SHALLOW", "alpha_chart", "alpha_of", "alpha_surface",
     "baseline", "baseline_names", "baselines", "checkpoint", "checkpoint_names",
-    "checkpoint_problems", "compute_chart", "config", "corpus_of", "corpus_options", "curve",
+    "checkpoint_problems", "chosen_model", "compute_chart", "config", "corpus_of", "corpus_options", "curve",
     "comparable_models", "default_model", "default_text", "default_threshold", "describe", "diagnostics", "ece_table",
     "exit_index", "exits_of", "generate_modes", "generated_html", "guarantee_figure", "headline_chart", "headline_frame", "history_chart",
     "job_queue", "lens_heatmap", "lens_slider_chart", "lens_text", "model_picker", "pareto_front", "position_table", "ppl_at", "refresh_checkpoints",

@@ -93,10 +93,15 @@ def text_area(key: str, name: str | None, label: str = "Text", **options) -> str
     return st.text_area(label, key=key, on_change=_remember, args=(key, "text"), **options)
 
 
-def regime_caption() -> None:
-    """The regime line of the model chosen on the other pages (or the default one), for pages without a picker."""
+def chosen_model() -> str | None:
+    """The model chosen on the other pages (or the default one), for pages without a picker."""
     names = checkpoint_names()
     name = st.session_state.get("model")
-    name = name if name in names else default_model(names)
+    return name if name in names else default_model(names)
+
+
+def regime_caption() -> None:
+    """The regime line of the chosen model."""
+    name = chosen_model()
     if name is not None:
         st.caption(f"Chosen model {name}. {regime(name)}")

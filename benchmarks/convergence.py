@@ -128,7 +128,9 @@ def write_report(out: Path) -> Path:
                          f"{r['best_val_ppl']:.3f} | {best_objective:.3f} ({r['best_step']}) | {gain} | {tail:.1f}% | "
                          f"{r['train_s'] / 60:.1f} | {r['source']}{' (stopped early)' if r.get('stopped_early') else ''} |")
             shorter.append((best_objective, r["final_val_ppl"], tokens))
-            ax.plot([c["tokens"] / 1e6 for c in r["curve"]], [c["val_ppl"] for c in r["curve"]], label=budget)
+            twice = sum(abs(o["curve"][-1]["tokens"] - tokens) < 0.01 * tokens for o in rs) > 1
+            ax.plot([c["tokens"] / 1e6 for c in r["curve"]], [c["val_ppl"] for c in r["curve"]],
+                    label=f"{budget}, {r['source'].rstrip('/')}" if twice else budget)  # two runs of one budget
         ax.set_yscale("log")
         ax.set_xlabel("training tokens (millions)")
         ax.set_ylabel("validation PPL (last exit)")

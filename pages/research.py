@@ -9,7 +9,7 @@ import streamlit as st
 
 import appkit
 from routed.report import report_path
-from routed.reproduce import progress
+from routed.reproduce import exported_from, progress
 
 TABLES = {
     "verdicts.csv": "Verdicts on the notes' claims: effect (a − b), 95% CI and p of a paired test",
@@ -61,9 +61,17 @@ sources = {"full reproduction": main}
 # Reproductions in other regimes sit beside it: reports/reproduction-<corpus>/ (see reports/regimes.md).
 sources |= {f"full reproduction ({p.name.removeprefix(main.name + '-')})": p
             for p in sorted(main.parent.glob(main.name + "-*")) if p.is_dir()}
+budgets = main.parent / "convergence"  # benchmarks/convergence.py: each preset's validation PPL per token budget
+if report_path(budgets).is_file():
+    sources["training budgets: is a reproduction's budget long enough?"] = budgets
 sources |= {f"quick run ({p.name.removeprefix('quick-')})": p for p in sorted(RUNS.glob("quick-*")) if p.is_dir()}
 described = {k: " — ".join(filter(None, (k, progress(p)))) for k, p in sources.items()}  # budget and runs done
-label = st.selectbox("Tables from", list(sources), format_func=described.get, key="research_source") \
+# Start from the reproduction the chosen model was exported from, so its tables describe that model.
+model = appkit.chosen_model()
+fingerprint = appkit.config(model).get("fingerprint") if model and not model.startswith("hf:") else None
+home = exported_from(fingerprint, list(sources.values()))
+start = list(sources.values()).index(home) if home else 0
+label = st.selectbox("Tables from", list(sources), index=start, format_func=described.get, key="research_source") \
     if len(sources) > 1 else ""
 folder = sources.get(label, main)
 st.caption(f"Folder: `{folder}`")

@@ -203,6 +203,45 @@ def test_research_page_offers_reproductions_in_other_regimes(app_env, monkeypatc
     assert list(at.dataframe[0].value["model"]) == ["standard_1l"]
 
 
+def test_research_page_starts_from_the_reproduction_the_chosen_model_came_from(app_env, monkeypatch, tmp_path):
+    import shutil
+
+    from appkit.defaults import default_model
+    from appkit.loaders import checkpoint_names
+
+    main = tmp_path / "reproduction"
+    shutil.copytree(app_env.reports, main)
+    chosen = app_env.checkpoints / default_model(checkpoint_names())
+    for name, weights in (("reproduction-a", app_env.checkpoints / "standard_3l"), ("reproduction-b", chosen)):
+        run = tmp_path / name / "runs" / "x-s0" / "checkpoint"
+        run.mkdir(parents=True)
+        shutil.copy(weights / "config.json", run / "config.json")
+        (tmp_path / name / "final_ranking.csv").write_text(f"model,ppl_mean\n{name},3.5\n", encoding="utf-8")
+    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(main))
+    at = open_page("pages/research.py")
+    assert at.selectbox(key="research_source").value == "full reproduction (b)"
+    assert "reproduction-b" in list(at.dataframe[0].value["model"])
+    at.selectbox(key="research_source").set_value("full reproduction").run()  # the user's choice then stands
+    assert at.selectbox(key="research_source").value == "full reproduction"
+
+
+def test_research_page_shows_the_training_budgets(app_env, monkeypatch, tmp_path):
+    import shutil
+
+    main = tmp_path / "reproduction"
+    shutil.copytree(app_env.reports, main)
+    (tmp_path / "convergence").mkdir()
+    (tmp_path / "convergence.md").write_text("# How long to train\n\n| budget | best val PPL |\n|---|---|\n"
+                                             "| 9600 steps | 2.502 |\n", encoding="utf-8")
+    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(main))
+    at = open_page("pages/research.py")
+    source = at.selectbox(key="research_source")
+    assert source.options[-1] == "training budgets: is a reproduction's budget long enough?"
+    source.set_value(source.options[-1]).run()
+    assert not errors(at)
+    assert any("| 9600 steps | 2.502 |" in m.value for m in at.markdown)
+
+
 def test_research_page_says_how_to_produce_tables(app_env, monkeypatch, tmp_path):
     monkeypatch.setenv("ROUTED_REPORTS_DIR", str(tmp_path / "nothing"))
     at = open_page("pages/research.py")
