@@ -81,9 +81,8 @@ def write_report(out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from routed.convergence import convergence
-
     from routed.config import PRESETS, trained_as
+    from routed.convergence import convergence
 
     records = [{**json.loads(p.read_text()), "source": "this benchmark"} for p in sorted(out.glob("*.json"))]
     # every trained preset: one doubling check may come from the reproductions alone (Standard 1L's did)
