@@ -97,6 +97,22 @@ def app_env(tiny_world, tmp_path, monkeypatch) -> SimpleNamespace:
     st.cache_resource.clear()
 
 
+@pytest.fixture
+def shipped_env(monkeypatch, tmp_path):
+    """The app as a fresh clone shows it: the shipped checkpoints and the committed reproduction report."""
+    import streamlit as st
+
+    monkeypatch.setenv("ROUTED_CHECKPOINTS_DIR", str(ROOT / "checkpoints"))
+    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(ROOT / "reports" / "reproduction"))
+    monkeypatch.setenv("ROUTED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
 # =============================================================================================
 # routed core: fixtures for tests/test_{config,model,data,train,checkpoint,evaluate,cli}.py
 # (builders they share live in tests/helpers.py)

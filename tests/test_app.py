@@ -173,82 +173,6 @@ def test_missing_corpus_is_one_clear_error(app_env):
         app_env.corpus.with_suffix(".gone").rename(app_env.corpus)
 
 
-def test_research_page_renders_report_tables(app_env):
-    at = open_page("pages/research.py")
-    assert len(at.dataframe) == 2
-    assert "not reproduced" in list(at.dataframe[0].value["verdict"])  # verdicts lead the page
-    assert "asymmetric_best" in list(at.dataframe[1].value["model"])
-
-
-def test_research_page_offers_reproductions_in_other_regimes(app_env, monkeypatch, tmp_path):
-    import shutil
-
-    main = tmp_path / "reproduction"
-    shutil.copytree(app_env.reports, main)
-    other = tmp_path / "reproduction-tinystories"
-    other.mkdir()
-    (other / "final_ranking.csv").write_text("model,ppl_mean\nstandard_1l,3.5\n", encoding="utf-8")
-    (other / "settings.json").write_text('{"corpus": "tinystories", "steps": 1200, "seeds": 2, "alphas": false}')
-    (other / "runs" / "standard_1l-s1").mkdir(parents=True)
-    (other / "runs" / "standard_1l-s1" / "result.json").write_text("{}")
-    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(main))
-    at = open_page("pages/research.py")
-    assert "asymmetric_best" in list(at.dataframe[1].value["model"])
-    source = at.selectbox(key="research_source")
-    # each source says its budget and how many of its runs have finished (6 trained presets x 2 seeds)
-    assert source.options == ["full reproduction",
-                              "full reproduction (tinystories) — tinystories, 1,200 steps: 1 of 12 runs"]
-    source.set_value("full reproduction (tinystories)").run()
-    assert not errors(at)
-    assert list(at.dataframe[0].value["model"]) == ["standard_1l"]
-
-
-def test_research_page_starts_from_the_reproduction_the_chosen_model_came_from(app_env, monkeypatch, tmp_path):
-    import shutil
-
-    from appkit.defaults import default_model
-    from appkit.loaders import checkpoint_names
-
-    main = tmp_path / "reproduction"
-    shutil.copytree(app_env.reports, main)
-    chosen = app_env.checkpoints / default_model(checkpoint_names())
-    for name, weights in (("reproduction-a", app_env.checkpoints / "standard_3l"), ("reproduction-b", chosen)):
-        run = tmp_path / name / "runs" / "x-s0" / "checkpoint"
-        run.mkdir(parents=True)
-        shutil.copy(weights / "config.json", run / "config.json")
-        (tmp_path / name / "final_ranking.csv").write_text(f"model,ppl_mean\n{name},3.5\n", encoding="utf-8")
-    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(main))
-    at = open_page("pages/research.py")
-    assert at.selectbox(key="research_source").value == "full reproduction (b)"
-    assert "reproduction-b" in list(at.dataframe[0].value["model"])
-    at.selectbox(key="research_source").set_value("full reproduction").run()  # the user's choice then stands
-    assert at.selectbox(key="research_source").value == "full reproduction"
-
-
-def test_research_page_shows_the_training_budgets(app_env, monkeypatch, tmp_path):
-    import shutil
-
-    main = tmp_path / "reproduction"
-    shutil.copytree(app_env.reports, main)
-    (tmp_path / "convergence").mkdir()
-    (tmp_path / "convergence.md").write_text("# How long to train\n\n| budget | best val PPL |\n|---|---|\n"
-                                             "| 9600 steps | 2.502 |\n", encoding="utf-8")
-    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(main))
-    at = open_page("pages/research.py")
-    source = at.selectbox(key="research_source")
-    assert source.options[-1] == "training budgets: is a reproduction's budget long enough?"
-    source.set_value(source.options[-1]).run()
-    assert not errors(at)
-    assert any("| 9600 steps | 2.502 |" in m.value for m in at.markdown)
-
-
-def test_research_page_says_how_to_produce_tables(app_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(tmp_path / "nothing"))
-    at = open_page("pages/research.py")
-    assert not at.dataframe
-    assert any("python -m routed reproduce" in i.value for i in at.info)
-
-
 def test_train_page_rejects_a_path_as_name(app_env):
     at = open_page("pages/train.py")
     at.text_input(key="train_name").input("../escape")
@@ -326,23 +250,6 @@ def test_generate_page_says_a_one_exit_model_cannot_draft(app_env):
     assert any("speculative: not available" in c.value for c in at.caption)
 
 
-@pytest.fixture
-def shipped_env(monkeypatch, tmp_path):
-    """The app as a fresh clone shows it: the shipped checkpoints and the committed reproduction report."""
-    import streamlit as st
-
-    root = Path(APP).parent
-    monkeypatch.setenv("ROUTED_CHECKPOINTS_DIR", str(root / "checkpoints"))
-    monkeypatch.setenv("ROUTED_REPORTS_DIR", str(root / "reports" / "reproduction"))
-    monkeypatch.setenv("ROUTED_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(root)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    yield
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
-
 def test_shipped_checkpoints_give_every_preset_real_numbers(shipped_env):
     from routed.config import PRESETS
 
@@ -364,14 +271,6 @@ def test_shipped_checkpoints_give_every_preset_real_numbers(shipped_env):
     assert charts.headline_table(at, 0.5).iloc[0]["Shallow%"] < 20
     at.switch_page("pages/ppl_vs_compute.py").run()  # reads the shipped sweeps, no forward pass needed
     assert not at.exception and not errors(at)
-
-
-def test_research_page_renders_the_committed_report(shipped_env):
-    at = open_page("pages/research.py")
-    assert not errors(at)
-    ranking = next(df.value for df in at.dataframe if "ppl_mean" in df.value.columns)
-    assert {"standard_3l", "standard_1l", "asymmetric_best"} <= set(ranking["model"])
-    assert (ranking["ppl_mean"] > 1).all()
 
 
 def test_lens_page_opens_any_token_and_refuses_bad_text(app_env):
