@@ -29,6 +29,19 @@ def reports_dir() -> Path:
     return Path(os.environ.get("ROUTED_REPORTS_DIR") or ROOT / "reports" / "reproduction")
 
 
+def reproduction_folders() -> list[Path]:
+    """The reproductions beside the main one: reports/reproduction and reports/reproduction-*."""
+    main = reports_dir()
+    return [main, *sorted(p for p in main.parent.glob(main.name + "-*") if p.is_dir())]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _training_status(name: str, stamps: tuple) -> str | None:
+    from routed.provenance import training_status
+
+    return training_status(config(name), reproduction_folders())
+
+
 def _stamp(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
@@ -134,10 +147,14 @@ def describe(name: str) -> str:
     cfg = config(name)
     weights = ", ".join(f"L{k}: {v:.2g}" for k, v in cfg["train"]["layer_weights"].items() if v > 0)
     t = cfg["train"].get("routing_threshold")
-    return (
+    line = (
         f"{cfg['model']['n_layers']} layer(s), d_model {cfg['model']['d_model']}; loss weights {{{weights}}}; "
         f"threshold {'none' if t is None else t}; corpus {Path(cfg['corpus']['name']).name}"
     )
+    # the reports' verdicts change as runs land: key the cache on their convergence tables
+    stamps = (_config_stamp(name), *(_stamp(f / "convergence.csv") for f in reproduction_folders()))
+    status = _training_status(name, stamps)
+    return f"{line}. {status}" if status else line
 
 
 def _describe_pretrained(name: str) -> str:

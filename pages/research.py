@@ -8,8 +8,9 @@ import pandas as pd
 import streamlit as st
 
 import appkit
+from routed.provenance import source_of
 from routed.report import report_path
-from routed.reproduce import exported_from, progress
+from routed.reproduce import progress
 
 TABLES = {
     "verdicts.csv": "Verdicts on the notes' claims: effect (a − b), 95% CI and p of a paired test",
@@ -66,10 +67,9 @@ if report_path(budgets).is_file():
     sources["training budgets: is a reproduction's budget long enough?"] = budgets
 sources |= {f"quick run ({p.name.removeprefix('quick-')})": p for p in sorted(RUNS.glob("quick-*")) if p.is_dir()}
 described = {k: " — ".join(filter(None, (k, progress(p)))) for k, p in sources.items()}  # budget and runs done
-# Start from the reproduction the chosen model was exported from, so its tables describe that model.
+# Start from the reproduction that trained the chosen model, so its tables describe that model.
 model = appkit.chosen_model()
-fingerprint = appkit.config(model).get("fingerprint") if model and not model.startswith("hf:") else None
-home = exported_from(fingerprint, list(sources.values()))
+home = source_of(appkit.config(model), list(sources.values())) if model and not model.startswith("hf:") else None
 start = list(sources.values()).index(home) if home else 0
 label = st.selectbox("Tables from", list(sources), index=start, format_func=described.get, key="research_source") \
     if len(sources) > 1 else ""

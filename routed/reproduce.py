@@ -119,19 +119,6 @@ def progress(out: Path) -> str:
     return f"{settings.corpus}, {length}: {done} of {len(plan)} runs"
 
 
-def exported_from(fingerprint: str | None, folders: list[Path]) -> Path | None:
-    """The reproduction folder among FOLDERS holding the run whose weights have this fingerprint (where a
-    shipped checkpoint was exported from), or None."""
-    for folder in folders if fingerprint else []:
-        for config in sorted(folder.glob("runs/*/checkpoint/config.json")):
-            try:
-                if read_json(config, MB, "config.json").get("fingerprint") == fingerprint:
-                    return folder
-            except (OSError, ValueError, AttributeError):
-                continue  # a run being written or damaged: not the source
-    return None
-
-
 def train_config_of(run: Run, seed: int, settings: ReproduceSettings) -> TrainConfig:
     return TrainConfig(layer_weights=run.layer_weights, final_layer_weights=run.final_layer_weights,
                        routing_threshold=run.routing_threshold, seed=seed, **settings.budget())

@@ -302,18 +302,3 @@ def test_report_only_refuses_a_folder_without_a_reproduction(tmp_path, capsys):
     assert "cannot be read" in err and "Traceback" not in err
     assert main(["reproduce", "--out", str(tmp_path / "bad"), "--report-only", "--export", str(tmp_path)]) == 2
     assert "drop --export" in capsys.readouterr().err
-
-
-def test_exported_from_finds_the_run_by_its_weights_fingerprint(tmp_path):
-    from routed.reproduce import exported_from
-
-    folders = []
-    for name, text in (("broken", '{"fingerprint": '), ("list", "[1]"), ("other", '{"fingerprint": "b"}'),
-                       ("source", '{"fingerprint": "a"}')):
-        run = tmp_path / name / "runs" / "standard_3l-s0" / "checkpoint"
-        run.mkdir(parents=True)
-        (run / "config.json").write_text(text, encoding="utf-8")
-        folders.append(tmp_path / name)
-    assert exported_from("a", folders) == tmp_path / "source"
-    assert exported_from("c", folders) is None
-    assert exported_from(None, folders) is None
