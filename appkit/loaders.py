@@ -36,10 +36,10 @@ def reproduction_folders() -> list[Path]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _training_status(name: str, stamps: tuple) -> str | None:
+def _training_status(name: str, folders: tuple[str, ...], stamps: tuple) -> str | None:
     from routed.provenance import training_status
 
-    return training_status(config(name), reproduction_folders())
+    return training_status(config(name), [Path(f) for f in folders])
 
 
 def _stamp(path: Path) -> int:
@@ -152,8 +152,9 @@ def describe(name: str) -> str:
         f"threshold {'none' if t is None else t}; corpus {Path(cfg['corpus']['name']).name}"
     )
     # the reports' verdicts change as runs land: key the cache on their convergence tables
-    stamps = (_config_stamp(name), *(_stamp(f / "convergence.csv") for f in reproduction_folders()))
-    status = _training_status(name, stamps)
+    folders = reproduction_folders()
+    stamps = (_config_stamp(name), *(_stamp(f / "convergence.csv") for f in folders))
+    status = _training_status(name, tuple(map(str, folders)), stamps)
     return f"{line}. {status}" if status else line
 
 

@@ -39,37 +39,46 @@ def _same_recipe(settings, config: dict) -> bool:
             and (budget["epochs"] is None or train.get("epochs") == budget["epochs"]))
 
 
-def source_of(config: dict, folders: list[Path]) -> Path | None:
-    """The reproduction folder among FOLDERS that trained the checkpoint with this config.json: the one holding a
-    run with its weights' fingerprint, else one whose settings train its preset and seed alike (reproductions
-    that kept no weights). None where there is none."""
+def _trained_in(config: dict, folders: list[Path]) -> tuple[Path, str, int] | None:
+    """(reproduction folder, run, seed) that trained the checkpoint with this config.json: the run holding its
+    weights' fingerprint, else a run whose settings train its preset and seed alike (reproductions that kept no
+    weights)."""
     from routed.reproduce import saved_settings
 
     fingerprint = config.get("fingerprint")
     for folder in folders if fingerprint else []:
-        if any(_fingerprint_of_run(c) == fingerprint for c in sorted(folder.glob("runs/*/checkpoint/config.json"))):
-            return folder
-    preset, seed = _run_of(config)
-    for folder in folders if preset and seed is not None else []:
+        for run_config in sorted(folder.glob("runs/*-s*/checkpoint/config.json")):
+            if _fingerprint_of_run(run_config) == fingerprint:
+                run, _, seed = run_config.parent.parent.name.rpartition("-s")
+                if seed.isdigit():
+                    return folder, run, int(seed)
+    run, seed = _run_of(config)
+    for folder in folders if run and isinstance(seed, int) else []:
         try:
             settings = saved_settings(folder)
         except ValueError:
             continue
-        if _same_recipe(settings, config) and (folder / "runs" / f"{preset}-s{seed}" / "result.json").is_file():
-            return folder
+        if _same_recipe(settings, config) and (folder / "runs" / f"{run}-s{seed}" / "result.json").is_file():
+            return folder, run, seed
     return None
+
+
+def source_of(config: dict, folders: list[Path]) -> Path | None:
+    """The reproduction folder among FOLDERS that trained the checkpoint with this config.json, or None."""
+    found = _trained_in(config, folders)
+    return found[0] if found else None
 
 
 def training_status(config: dict, folders: list[Path]) -> str | None:
     """One sentence on the checkpoint's training: its budget, best step and the convergence verdict of the
     reproduction that trained it, e.g. "Trained 9,600 steps (best validation at step 8,800); converged: twice
     the tokens gained 0.50% (reproduction-tinystories-9600)". None where no reproduction trained it."""
-    folder = source_of(config, folders)
-    if folder is None:
+    found = _trained_in(config, folders)
+    if found is None:
         return None
+    folder, run, seed = found
     try:
         text = read_regular(folder / "convergence.csv", 4 * MB, "convergence.csv").decode("utf-8")
-        run, seed = _run_of(config)
         rows = [r for r in csv.DictReader(io.StringIO(text)) if r.get("run") == run and r.get("seed") == str(seed)]
     except (OSError, ValueError, UnicodeDecodeError, csv.Error):
         return None

@@ -43,6 +43,10 @@ def test_a_checkpoint_is_traced_by_its_weights_or_its_recipe(tmp_path):
     assert source_of(exported, folders) == tmp_path / "source"
     assert training_status(exported, folders) == (
         "Trained 100 steps (best validation at step 90); not converged: twice the tokens gained 1.50% (source).")
+    # a run's own checkpoint folder names no preset or seed: the run it sits in does
+    bare = {"fingerprint": "a", "preset": "asymmetric_best", "seed": None, "train": {"steps": 100}}
+    assert training_status(bare, folders) == (
+        "Trained 100 steps; not converged: twice the tokens gained 1.50% (source).")
     # lpt_routing is the lpt model: a reproduction that kept no weights but trained that recipe answers for it
     recipe = {"fingerprint": "z", "preset": "lpt_routing", "seed": 0, "corpus": {"name": "tinystories"},
               "model": model, "train": {"steps": 100, "epochs": None}, "best_step": 100}
