@@ -32,6 +32,7 @@ from appkit.loaders import (
     ppl_at,
     refresh_checkpoints,
     reports_dir,
+    reproduction_folders,
     row_at,
 )
 from appkit.routing_chart import routing_chart
@@ -59,7 +60,7 @@ __all__ = [
     "comparable_models", "default_model", "default_text", "default_threshold", "describe", "diagnostics", "ece_table",
     "exit_index", "exits_of", "generate_modes", "generated_html", "guarantee_figure", "headline_chart", "headline_frame", "history_chart",
     "job_queue", "lens_heatmap", "lens_slider_chart", "lens_text", "model_picker", "pareto_front", "position_table", "ppl_at", "refresh_checkpoints",
-    "regime", "regime_caption", "reliability_figure", "reports_dir", "routed_text", "routing_chart", "row_at", "rows_at", "save_upload",
+    "regime", "regime_caption", "reliability_figure", "reports_dir", "reproduction_folders", "routed_text", "routing_chart", "row_at", "rows_at", "save_upload",
     "settling_chart", "show_problems", "slider_tables", "speculative_html", "speed_table", "start_threshold", "summary_table", "text_area",
     "threshold_slider", "use_threshold",
 ]

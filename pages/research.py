@@ -60,8 +60,7 @@ appkit.regime_caption()
 main = appkit.reports_dir()
 sources = {"full reproduction": main}
 # Reproductions in other regimes sit beside it: reports/reproduction-<corpus>/ (see reports/regimes.md).
-sources |= {f"full reproduction ({p.name.removeprefix(main.name + '-')})": p
-            for p in sorted(main.parent.glob(main.name + "-*")) if p.is_dir()}
+sources |= {f"full reproduction ({p.name.removeprefix(main.name + '-')})": p for p in appkit.reproduction_folders()[1:]}
 budgets = main.parent / "convergence"  # benchmarks/convergence.py: each preset's validation PPL per token budget
 if report_path(budgets).is_file():
     sources["training budgets: is a reproduction's budget long enough?"] = budgets
