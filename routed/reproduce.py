@@ -209,10 +209,16 @@ def write_json(path: Path, data) -> None:
     tmp.replace(path)
 
 
-def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
-    """Train and evaluate every scheduled run (keeping finished steps), then write the report."""
+def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed: int | None = None) -> Path:
+    """Train and evaluate every scheduled run (keeping finished steps), then write the report.
+
+    weights_of_seed: the seed whose models are about to be exported. A finished run of that seed whose weights
+    are not in the folder (a clone keeps results, not models) is trained again; the same seed and data order
+    give the same model, and its new result is logged beside the recorded one.
+    """
     from routed.report import write_report
     from routed.reproduce_eval import EVAL_VERSION, evaluate_run
+    from routed.reproduce_export import has_weights
 
     check_settings(out, settings)
     started = time.perf_counter()
@@ -223,7 +229,9 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
         run_dir = out / "runs" / f"{run.name}-s{seed}"
         tag = f"[{i}/{len(plan)}] {run.name} seed {seed}"
         result_path = run_dir / "result.json"
-        if result_path.exists() and json.loads(result_path.read_text()).get("eval_version") == EVAL_VERSION:
+        recorded = json.loads(result_path.read_text()) if result_path.exists() else None
+        lost = recorded is not None and seed == weights_of_seed and not has_weights(run_dir)
+        if recorded is not None and recorded.get("eval_version") == EVAL_VERSION and not lost:
             log(f"{tag}: done earlier, kept")
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -231,11 +239,16 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
             log(f"{tag}: being worked on by another process, skipped")
             continue
         try:
-            if not (run_dir / "train.json").exists() or not (run_dir / "checkpoint" / "config.json").exists():
+            if lost:
+                log(f"{tag}: finished earlier, but its model is not in {run_dir}; training it again for the export")
+            if lost or not (run_dir / "train.json").exists() or not (run_dir / "checkpoint" / "config.json").exists():
                 log(f"{tag}: training ...")
                 train_run(run, seed, settings, corpus, tokenizer, ids, run_dir, log)
             log(f"{tag}: evaluating ...")
             result = evaluate_run(run, seed, run_dir, tokenizer, ids["test"])
+            if lost:
+                result["retrained"] = compare_with_recorded(result, recorded)
+                log(f"{tag}: trained again; {result['retrained']['summary']}")
             write_json(result_path, result)  # written last: a run with a current result.json is complete
         finally:
             release(run_dir / "claim")
@@ -247,6 +260,16 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print) -> Path:
     path = write_report(out, settings, session_s=time.perf_counter() - started)
     log(f"report: {path}")
     return path
+
+
+def compare_with_recorded(result: dict, recorded: dict) -> dict:
+    """How a run trained again (its model was lost) compares with the result recorded for it."""
+    old, new = recorded.get("ppl_by_exit", {}), result["ppl_by_exit"]
+    shared = [k for k in new if isinstance(old.get(k), (int, float)) and old[k] > 0]
+    largest = max((abs(new[k] / old[k] - 1) for k in shared), default=None)
+    summary = (f"test PPL by exit {', '.join(f'{k}: {new[k]:.4f} (recorded {old[k]:.4f})' for k in shared)}; "
+               f"largest relative difference {largest:.2e}" if largest is not None else "no recorded PPL to compare")
+    return {"recorded_ppl_by_exit": old, "largest_relative_difference": largest, "summary": summary}
 
 
 def compute_hypotheses(out: Path, tokenizer, test_ids, log=print) -> None:

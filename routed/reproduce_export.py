@@ -20,12 +20,30 @@ def unfinished_exports(out: Path, seed: int = 0) -> list[str]:
     return [name for name in PRESETS if not (export_source(out, name, seed) / "result.json").exists()]
 
 
+def has_weights(run_dir: Path) -> bool:
+    """Whether a run's trained model is in its folder (a clone holds every run's results, not its weights)."""
+    from routed.checkpoint import FILES
+
+    return all((run_dir / "checkpoint" / name).is_file() for name in FILES)
+
+
+def missing_weights(out: Path, seed: int = 0) -> list[str]:
+    """The presets whose seed-`seed` run has finished but whose model is not in the folder."""
+    return [name for name in PRESETS
+            if (export_source(out, name, seed) / "result.json").exists() and not has_weights(export_source(out, name, seed))]
+
+
 def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -> list[Path]:
     """Copy each preset's seed-`seed` run into dest/<prefix><preset>/ with its own threshold, test sweeps,
-    summary.json and diagnostics.json."""
-    from routed.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+    summary.json and diagnostics.json. Nothing is written unless every finished run's model is there, so the
+    shipped set is never half old, half new."""
+    from routed.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
     from routed.diagnostics import compute_diagnostics, write_diagnostics
 
+    lost = missing_weights(out, seed)
+    if lost:
+        raise CheckpointError(f"export: the seed-{seed} models of {', '.join(lost)} are not in {out} (their results "
+                              "are); run `reproduce` with this --out and --export to retrain them, then export")
     written = []
     for name, preset in PRESETS.items():
         source = export_source(out, name, seed)

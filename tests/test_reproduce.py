@@ -173,7 +173,7 @@ def test_the_default_budget_is_written_into_the_settings(tmp_path, monkeypatch):
     from routed.reproduce import DEFAULT_EPOCHS, check_settings
 
     seen = []
-    monkeypatch.setattr(routed.reproduce, "reproduce", lambda settings, out: seen.append(settings))
+    monkeypatch.setattr(routed.reproduce, "reproduce", lambda settings, out, **_: seen.append(settings))
     assert main(["reproduce", "--out", str(tmp_path / "a")]) == 0
     assert main(["reproduce", "--steps", "100", "--out", str(tmp_path / "b")]) == 0
     assert seen[0].epochs == DEFAULT_EPOCHS and seen[0].budget()["epochs"] == DEFAULT_EPOCHS
@@ -216,6 +216,40 @@ def test_export_only_ships_a_finished_folder_without_training(reproduced, tmp_pa
     assert "name the folder" in capsys.readouterr().err
     assert main(["reproduce", "--out", str(tmp_path / "none"), "--export", str(tmp_path / "s3"), "--export-only"]) == 2
     assert "holds no reproduction" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_a_clone_without_the_models_retrains_the_exported_seed_and_matches_its_record(reproduced, tmp_path, capsys):
+    """A clone holds a reproduction's results but not its runs' weights: export refuses rather than ship a mix,
+    and `reproduce --export` trains the exported seed's lost models again, the same as recorded."""
+    import shutil
+
+    from routed.checkpoint import CheckpointError
+    from routed.cli import main
+
+    settings, out, _ = reproduced
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone)
+    for run in ("standard_3l-s0", "standard_3l-s1"):
+        shutil.rmtree(clone / "runs" / run / "checkpoint")
+    recorded = json.loads((clone / "runs" / "standard_3l-s0" / "result.json").read_text())
+    assert main(["reproduce", "--out", str(clone), "--export", str(tmp_path / "ship"), "--export-only"]) == 2
+    err = capsys.readouterr().err
+    assert "seed-0 models of standard_3l are not in" in err and "Traceback" not in err
+    with pytest.raises(CheckpointError, match="standard_3l"):
+        export_checkpoints(clone, tmp_path / "ship")
+    assert not (tmp_path / "ship").exists()  # nothing half-exported
+
+    logs: list[str] = []
+    reproduce(settings, clone, log=logs.append, weights_of_seed=0)
+    again = [line for line in logs if "training it again" in line]
+    assert len(again) == 1 and "standard_3l seed 0: finished earlier, but its model is not in" in again[0]
+    assert not (clone / "runs" / "standard_3l-s1" / "checkpoint").exists()  # other seeds are not exported: left as they are
+    result = json.loads((clone / "runs" / "standard_3l-s0" / "result.json").read_text())
+    assert result["retrained"]["recorded_ppl_by_exit"] == recorded["ppl_by_exit"]
+    assert result["retrained"]["largest_relative_difference"] < 1e-4  # same seed, same data order, same model
+    assert "Trained again with the same seed and data order" in report_path(clone).read_text()
+    assert main(["reproduce", "--out", str(clone), "--export", str(tmp_path / "ship"), "--export-only"]) == 0
+    assert list_checkpoints(tmp_path / "ship") == sorted(PRESETS)
 
 
 def test_a_claim_no_test_could_check_shows_a_dash_for_its_test(reproduced, tmp_path):
