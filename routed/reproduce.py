@@ -136,6 +136,7 @@ def saved_settings(out: Path) -> ReproduceSettings:
 def check_settings(out: Path, settings: ReproduceSettings) -> None:
     """Refuse to mix runs of other settings into `out`; record these settings there."""
     path = out / "settings.json"
+    recorded = settings
     if path.is_file():
         saved = saved_settings(out)
         differs = {k: (v, settings.run_defining()[k]) for k, v in saved.run_defining().items()
@@ -144,9 +145,13 @@ def check_settings(out: Path, settings: ReproduceSettings) -> None:
             listed = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in differs.items())
             raise ValueError(f"reproduce: {out} holds runs made with other settings ({listed}); "
                              "use another --out folder or the same settings")
+        # fewer seeds or no alpha sweep this time (e.g. only the seed-0 models, to export) keeps the folder's plan
+        schedules = [*saved.alpha_schedules, *(s for s in settings.alpha_schedules if s not in saved.alpha_schedules)]
+        recorded = replace(settings, seeds=max(saved.seeds, settings.seeds), alphas=saved.alphas or settings.alphas,
+                           alpha_schedules=schedules)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".settings.json.{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(settings), indent=2))
+    tmp.write_text(json.dumps(asdict(recorded), indent=2))
     tmp.replace(path)
 
 

@@ -252,6 +252,23 @@ def test_a_clone_without_the_models_retrains_the_exported_seed_and_matches_its_r
     assert list_checkpoints(tmp_path / "ship") == sorted(PRESETS)
 
 
+def test_a_smaller_invocation_keeps_the_folders_plan(reproduced, tmp_path):
+    """Fewer seeds or no alpha sweep (e.g. only the seed-0 models, for an export) adds no runs and takes none
+    from the folder's recorded plan, which its report and progress describe."""
+    import shutil
+    from dataclasses import replace
+
+    from routed.reproduce import check_settings, saved_settings
+
+    settings, out, _ = reproduced
+    folder = tmp_path / "folder"
+    shutil.copytree(out, folder)
+    check_settings(folder, replace(settings, seeds=1, alphas=True, alpha_schedules=[[0.8, 0.6]]))
+    check_settings(folder, replace(settings, seeds=1, alphas=False, alpha_schedules=[[0.9, 0.5]]))
+    kept = saved_settings(folder)
+    assert kept.seeds == 2 and kept.alphas and kept.alpha_schedules == [[0.9, 0.5], [0.8, 0.6]]
+
+
 def test_a_claim_no_test_could_check_shows_a_dash_for_its_test(reproduced, tmp_path):
     from routed.report import load_blocks, load_results
     from routed.report_sections import verdict_section
