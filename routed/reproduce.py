@@ -136,7 +136,7 @@ def saved_settings(out: Path) -> ReproduceSettings:
 def check_settings(out: Path, settings: ReproduceSettings) -> None:
     """Refuse to mix runs of other settings into `out`; record these settings there."""
     path = out / "settings.json"
-    recorded = settings
+    plan = settings
     if path.is_file():
         saved = saved_settings(out)
         differs = {k: (v, settings.run_defining()[k]) for k, v in saved.run_defining().items()
@@ -147,11 +147,11 @@ def check_settings(out: Path, settings: ReproduceSettings) -> None:
                              "use another --out folder or the same settings")
         # fewer seeds or no alpha sweep this time (e.g. only the seed-0 models, to export) keeps the folder's plan
         schedules = [*saved.alpha_schedules, *(s for s in settings.alpha_schedules if s not in saved.alpha_schedules)]
-        recorded = replace(settings, seeds=max(saved.seeds, settings.seeds), alphas=saved.alphas or settings.alphas,
+        plan = replace(settings, seeds=max(saved.seeds, settings.seeds), alphas=saved.alphas or settings.alphas,
                            alpha_schedules=schedules)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".settings.json.{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(recorded), indent=2))
+    tmp.write_text(json.dumps(asdict(plan), indent=2))
     tmp.replace(path)
 
 
@@ -226,6 +226,7 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed
     from routed.reproduce_export import has_weights
 
     check_settings(out, settings)
+    folder_plan = saved_settings(out)  # the folder's whole plan, which the report describes
     started = time.perf_counter()
     log(f"preparing corpus {settings.corpus!r} and its tokenizer ...")
     corpus, tokenizer, ids = prepare(settings, out)
@@ -260,9 +261,9 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed
         log(f"{tag}: test PPL by exit {result['ppl_by_exit']} (markers left out), "
             f"trained in {result['train_s'] / 60:.1f} min")
         compute_hypotheses(out, tokenizer, ids["test"], log)  # once the seed-0 models it needs exist
-        write_report(out, settings, session_s=time.perf_counter() - started)
+        write_report(out, folder_plan, session_s=time.perf_counter() - started)
     compute_hypotheses(out, tokenizer, ids["test"], log)
-    path = write_report(out, settings, session_s=time.perf_counter() - started)
+    path = write_report(out, folder_plan, session_s=time.perf_counter() - started)
     log(f"report: {path}")
     return path
 

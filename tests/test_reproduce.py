@@ -267,6 +267,9 @@ def test_a_smaller_invocation_keeps_the_folders_plan(reproduced, tmp_path):
     check_settings(folder, replace(settings, seeds=1, alphas=False, alpha_schedules=[[0.9, 0.5]]))
     kept = saved_settings(folder)
     assert kept.seeds == 2 and kept.alphas and kept.alpha_schedules == [[0.9, 0.5], [0.8, 0.6]]
+    reproduce(replace(settings, seeds=1), folder, log=lambda _: None)  # trains nothing new; the report keeps the plan
+    command = next(line for line in report_path(folder).read_text().splitlines() if line.startswith("Command:"))
+    assert "--seeds 2" in command and "--no-alphas" not in command
 
 
 def test_a_claim_no_test_could_check_shows_a_dash_for_its_test(reproduced, tmp_path):
