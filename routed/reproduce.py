@@ -134,7 +134,8 @@ def saved_settings(out: Path) -> ReproduceSettings:
 
 
 def check_settings(out: Path, settings: ReproduceSettings) -> None:
-    """Refuse to mix runs of other settings into `out`; record these settings there."""
+    """Refuse to mix runs of other settings into `out`; record the folder's plan there (these settings, with
+    the most seeds and the alpha sweep of this invocation and the recorded one)."""
     path = out / "settings.json"
     plan = settings
     if path.is_file():
@@ -148,7 +149,7 @@ def check_settings(out: Path, settings: ReproduceSettings) -> None:
         # fewer seeds or no alpha sweep this time (e.g. only the seed-0 models, to export) keeps the folder's plan
         schedules = [*saved.alpha_schedules, *(s for s in settings.alpha_schedules if s not in saved.alpha_schedules)]
         plan = replace(settings, seeds=max(saved.seeds, settings.seeds), alphas=saved.alphas or settings.alphas,
-                           alpha_schedules=schedules)
+                       alpha_schedules=schedules)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".settings.json.{os.getpid()}")
     tmp.write_text(json.dumps(asdict(plan), indent=2))
