@@ -26,6 +26,7 @@ from routed.model import RoutedTransformer
 
 FORMAT_VERSION = 1
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "history.json")
+REQUIRED_FILES = FILES[:3]  # history.json is optional
 MAX_CONFIG_BYTES = MB
 MAX_HISTORY_BYTES = 16 * MB
 MAX_TOKENIZER_BYTES = 64 * MB  # a 32k-token byte-level BPE takes about 2 MB
@@ -128,6 +129,11 @@ def save_trained(path: Path | str, result, extra: dict | None = None, replace: b
                            result.corpus_fingerprint, result.history, extra=extra, replace=replace, hint=hint)
 
 
+def holds_checkpoint(path: Path | str) -> bool:
+    """Whether a folder has the files a checkpoint cannot load without (whether they load is read_config's say)."""
+    return all(os.path.lexists(Path(path) / f) for f in REQUIRED_FILES)
+
+
 def read_config(path: Path | str) -> dict:
     """The config.json of a checkpoint folder, every field this version uses checked (types, bounds).
 
@@ -137,7 +143,7 @@ def read_config(path: Path | str) -> dict:
     recover(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint: {str(path)!r} is not a folder")
-    missing = [f for f in FILES[:3] if not os.path.lexists(path / f)]  # odd files are refused when read
+    missing = [f for f in REQUIRED_FILES if not os.path.lexists(path / f)]  # odd files are refused when read
     if missing:
         raise CheckpointError(f"checkpoint {path.name!r}: missing {', '.join(missing)}")
     where = f"checkpoint {path.name!r}: config.json"

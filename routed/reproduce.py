@@ -222,9 +222,9 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed
     are not in the folder (a clone keeps results, not models) is trained again; the same seed and data order
     give the same model, and its new result is logged beside the recorded one.
     """
+    from routed.checkpoint import holds_checkpoint
     from routed.report import write_report
     from routed.reproduce_eval import EVAL_VERSION, evaluate_run
-    from routed.reproduce_export import has_weights
 
     check_settings(out, settings)
     folder_plan = saved_settings(out)  # the folder's whole plan, which the report describes
@@ -237,7 +237,7 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed
         tag = f"[{i}/{len(plan)}] {run.name} seed {seed}"
         result_path = run_dir / "result.json"
         recorded = json.loads(result_path.read_text()) if result_path.exists() else None
-        lost = recorded is not None and seed == weights_of_seed and not has_weights(run_dir)
+        lost = recorded is not None and seed == weights_of_seed and not holds_checkpoint(run_dir / "checkpoint")
         if recorded is not None and recorded.get("eval_version") == EVAL_VERSION and not lost:
             log(f"{tag}: done earlier, kept")
             continue
@@ -248,7 +248,7 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed
         try:
             if lost:
                 log(f"{tag}: finished earlier, but its model is not in {run_dir}; training it again for the export")
-            if lost or not (run_dir / "train.json").exists() or not (run_dir / "checkpoint" / "config.json").exists():
+            if not (run_dir / "train.json").exists() or not holds_checkpoint(run_dir / "checkpoint"):
                 log(f"{tag}: training ...")
                 train_run(run, seed, settings, corpus, tokenizer, ids, run_dir, log)
             log(f"{tag}: evaluating ...")

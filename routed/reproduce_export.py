@@ -20,17 +20,13 @@ def unfinished_exports(out: Path, seed: int = 0) -> list[str]:
     return [name for name in PRESETS if not (export_source(out, name, seed) / "result.json").exists()]
 
 
-def has_weights(run_dir: Path) -> bool:
-    """Whether a run's trained model is in its folder (a clone holds every run's results, not its weights)."""
-    from routed.checkpoint import FILES
-
-    return all((run_dir / "checkpoint" / name).is_file() for name in FILES)
-
-
 def missing_weights(out: Path, seed: int = 0) -> list[str]:
     """The presets whose seed-`seed` run has finished but whose model is not in the folder."""
-    return [name for name in PRESETS
-            if (export_source(out, name, seed) / "result.json").exists() and not has_weights(export_source(out, name, seed))]
+    from routed.checkpoint import holds_checkpoint
+
+    sources = {name: export_source(out, name, seed) for name in PRESETS}
+    return [name for name, run in sources.items()
+            if (run / "result.json").exists() and not holds_checkpoint(run / "checkpoint")]
 
 
 def export_checkpoints(out: Path, dest: Path, seed: int = 0, prefix: str = "") -> list[Path]:

@@ -61,7 +61,7 @@ def check_exportable(out: Path) -> None:
     """--export-only ships a folder's seed-0 runs as they are: every preset's, so that the shipped models
     come from one budget rather than a mix of this folder's runs and older ones."""
     from routed.folders import OutputError
-    from routed.reproduce_export import missing_weights, unfinished_exports
+    from routed.reproduce_export import unfinished_exports
 
     if not (out / "settings.json").is_file():
         raise OutputError(f"out: {out} holds no reproduction to export; run `reproduce` with this --out first")
@@ -69,11 +69,6 @@ def check_exportable(out: Path) -> None:
     if missing:
         raise OutputError(f"export-only: the seed-0 runs of {', '.join(missing)} have not finished in {out}; "
                           "export once every preset's has (or drop --export-only to train them)")
-    lost = missing_weights(out)
-    if lost:
-        raise OutputError(f"export-only: the seed-0 models of {', '.join(lost)} are not in {out} (their results are: "
-                          "a clone keeps a run's results, not always its weights); drop --export-only to train them "
-                          "again (the same seed and data order give the same model) and export them")
 
 
 def rewrite_report(out: Path) -> Path:
