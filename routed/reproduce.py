@@ -219,12 +219,14 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed
     """Train and evaluate every scheduled run (keeping finished steps), then write the report.
 
     weights_of_seed: the seed whose models are about to be exported. A finished run of that seed whose weights
-    are not in the folder (a clone keeps results, not models) is trained again; the same seed and data order
-    give the same model, and its new result is logged beside the recorded one.
+    are not in the folder (a clone keeps results, not models) is trained again with the same seed and data order,
+    and its new result is recorded beside the old one. Float rounding depends on the CPU and library build, so
+    the new model can differ slightly from the lost one; the report then describes the new model, the one exported.
     """
     from routed.checkpoint import holds_checkpoint
     from routed.report import write_report
     from routed.reproduce_eval import EVAL_VERSION, evaluate_run
+    from routed.reproduce_hypotheses import compute_hypotheses
 
     check_settings(out, settings)
     folder_plan = saved_settings(out)  # the folder's whole plan, which the report describes
@@ -277,24 +279,3 @@ def compare_with_recorded(result: dict, recorded: dict) -> dict:
     summary = (f"test PPL by exit {', '.join(f'{k}: {new[k]:.4f} (recorded {old[k]:.4f})' for k in shared)}; "
                f"largest relative difference {largest:.2e}" if largest is not None else "no recorded PPL to compare")
     return {"recorded_ppl_by_exit": old, "largest_relative_difference": largest, "summary": summary}
-
-
-def compute_hypotheses(out: Path, tokenizer, test_ids, log=print) -> None:
-    """hypotheses.json: the notes' threshold tables under candidate mistakes, for the seed-0 standard_routing and lpt."""
-    from routed.checkpoint import load_checkpoint
-    from routed.hypotheses import fit_to_notes, hypothesis_tables, wrong_dimension_confidences
-    from routed.records import evaluate_with_tokenizer
-
-    path = out / "hypotheses.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    for preset in ("standard_routing", "lpt"):
-        run_dir = out / "runs" / f"{preset}-s0"
-        if preset in data or not (run_dir / "result.json").exists():
-            continue
-        log(f"hypotheses for {preset} seed 0 ...")
-        model = load_checkpoint(run_dir / "checkpoint").model
-        records = evaluate_with_tokenizer(model, tokenizer, test_ids)
-        tables = hypothesis_tables(records, wrong_dimension_confidences(model, test_ids))
-        data[preset] = {"tables": tables, "fits": fit_to_notes(tables, preset)}
-        write_json(path, data)
-

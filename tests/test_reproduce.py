@@ -356,3 +356,35 @@ def test_report_only_refuses_a_folder_without_a_reproduction(tmp_path, capsys):
     assert "cannot be read" in err and "Traceback" not in err
     assert main(["reproduce", "--out", str(tmp_path / "bad"), "--report-only", "--export", str(tmp_path)]) == 2
     assert "drop --export" in capsys.readouterr().err
+
+
+def test_hypotheses_follow_the_weights_they_were_computed_on(reproduced, tmp_path):
+    """A seed-0 model trained again (its weights were lost) gets its hypotheses tables computed again; an entry
+    computed on the weights present is kept, and one whose model is absent stands."""
+    import shutil
+
+    from routed.reproduce import prepare
+    from routed.reproduce_hypotheses import compute_hypotheses, weights_digest
+
+    settings, out, _ = reproduced
+    folder = tmp_path / "folder"
+    shutil.copytree(out, folder)
+    path = folder / "hypotheses.json"
+    data = json.loads(path.read_text())
+    digest = weights_digest(folder / "runs" / "standard_routing-s0" / "checkpoint")
+    assert digest is not None and data["standard_routing"]["weights"] == digest
+    data["standard_routing"] = {"weights": "lost-model", "tables": [], "fits": []}  # computed on other weights
+    data["lpt"]["tables"] = []  # same weights: kept as it is
+    path.write_text(json.dumps(data))
+    _, tokenizer, ids = prepare(settings, folder)
+    logs: list[str] = []
+    compute_hypotheses(folder, tokenizer, ids["test"], log=logs.append)
+    again = json.loads(path.read_text())
+    assert logs == ["hypotheses for standard_routing seed 0 ..."]
+    assert again["standard_routing"]["weights"] == digest and again["standard_routing"]["tables"]
+    assert again["standard_routing"]["tables"] == json.loads((out / "hypotheses.json").read_text())["standard_routing"]["tables"]
+    assert again["lpt"]["tables"] == []
+
+    shutil.rmtree(folder / "runs" / "lpt-s0" / "checkpoint")  # a clone: results without the model
+    compute_hypotheses(folder, tokenizer, ids["test"], log=logs.append)
+    assert json.loads(path.read_text())["lpt"]["tables"] == []
