@@ -215,6 +215,11 @@ def method_and_n(row: dict) -> str:
     return f"{row['test']}, n={row['n']}" if row["test"] else "–"
 
 
+def _signed(value: float) -> str:
+    """Three significant digits with the sign, trailing zeros kept so that an effect and its CI line up."""
+    return f"{value:+#.3g}".rstrip(".")
+
+
 def verdict_section(out: Path, results: dict, blocks: dict, provisional: bool) -> list[str]:
     rows = claims(results, blocks)
     counts = rows + saves_arithmetic(results)
@@ -227,8 +232,8 @@ def verdict_section(out: Path, results: dict, blocks: dict, provisional: bool) -
              "| Claim | Verdict | Effect (a − b) | 95% CI | p | test, n | seed bootstrap 95% CI | Evidence |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        effect = "–" if math.isnan(r["effect"]) else f"{r['effect']:+.3g} {r['unit']}"
-        ci = "–" if math.isnan(r["ci_low"]) else f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]"
+        effect = "–" if math.isnan(r["effect"]) else f"{_signed(r['effect'])} {r['unit']}"
+        ci = "–" if math.isnan(r["ci_low"]) else f"[{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]"
         p = "–" if math.isnan(r["p"]) else (f"{r['p']:.2g}" if r["p"] >= 1e-4 else "< 1e-4")
         lines.append(f"| {r['claim']} | **{r['verdict']}**{' (provisional)' if provisional else ''} | {effect} | {ci} | {p} | "
                      f"{method_and_n(r)} | {r['bootstrap_ci'] or '–'} | {r['evidence']} |")
