@@ -2,7 +2,7 @@
 reproduction's seed-0 standard_routing and lpt models.
 
 Each entry names the weights it was computed from. A model trained again after its weights were lost (a clone
-keeps results, not models) rounds differently on another CPU, so its entry is computed again rather than kept.
+keeps results, not models) can differ slightly from the lost one, so its entry is computed again rather than kept.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from routed.files import MB
 from routed.reproduce import write_json
 
 PRESETS = ("standard_routing", "lpt")
@@ -19,7 +20,13 @@ PRESETS = ("standard_routing", "lpt")
 def weights_digest(checkpoint_dir: Path) -> str | None:
     """A short hash of a checkpoint's weights file; None when the folder holds none."""
     path = checkpoint_dir / "model.safetensors"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:  # in chunks: the file's size is not checked here
+        for chunk in iter(lambda: f.read(MB), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def compute_hypotheses(out: Path, tokenizer, test_ids, log=print) -> None:
