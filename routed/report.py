@@ -96,9 +96,9 @@ def _header(out: Path, settings, results: dict, session_s: float | None) -> list
     if retrained:  # their weights were lost (a clone keeps results, not models) and were trained again to be exported
         lines += ["Trained again with the same seed and data order, their models having been lost: "
                   + "; ".join(f"{r['run']} s{r['seed']}: {r['retrained'].get('summary')}" for r in retrained)
-                  + ". Float results depend on the CPU, the library build and the code version that trained a "
-                  "model, so one trained again can differ slightly from the lost one; the tables describe the new "
-                  "models, the ones exported.", ""]
+                  + ". Float results depend on the CPU, the number of threads, the library build and the code "
+                  "version that trained a model, so one trained again can differ slightly from the lost one; the "
+                  "tables describe the new models, the ones exported.", ""]
     if session_s is not None:
         lines += [f"Wall time of the last reproduce invocation: {session_s / 60:.1f} min.", ""]
     return lines

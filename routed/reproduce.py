@@ -220,9 +220,9 @@ def reproduce(settings: ReproduceSettings, out: Path, log=print, weights_of_seed
 
     weights_of_seed: the seed whose models are about to be exported. A finished run of that seed whose weights
     are not in the folder (a clone keeps results, not models) is trained again with the same seed and data order,
-    and its new result is recorded beside the old one. Float results depend on the CPU, the library build and
-    the code version that trained a model, so the new one can differ slightly from the lost one; the report then
-    describes the new model, the one exported.
+    and its new result is recorded beside the old one. Float results depend on the CPU, the number of threads,
+    the library build and the code version that trained a model, so the new one can differ slightly from the lost
+    one; the report then describes the new model, the one exported.
     """
     from routed.checkpoint import holds_checkpoint
     from routed.report import write_report
